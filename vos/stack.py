@@ -1,0 +1,361 @@
+"""The local stack: what a cluster provides, on one machine, on loopback only.
+
+    Ray head    `ray start --head`, GCS and dashboard/job server on 127.0.0.1, token auth
+    MLflow      `mlflow server` with a SQLite backend store (the registry needs a database)
+                and a local artifact root served through the server
+    storage     a local folder, used as the default storage URL
+
+Everything lives under one state folder (default `.vos/stack`): `stack.json` (ports, pids),
+the Ray auth token, the MLflow database and artifacts, logs and the storage folder.
+`up` is idempotent (a healthy stack is left as it is), `down` stops only this stack's
+processes (never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+DEFAULT_ROOT = Path(".vos/stack")
+
+
+@dataclass
+class StackPorts:
+    """Loopback ports of the stack (defaults are Ray's and MLflow's usual ones).
+
+    Ray's internal ports (client server, dashboard agent) are picked free at `up` unless given.
+    """
+
+    ray: int = 6379
+    dashboard: int = 8265
+    mlflow: int = 5000
+    ray_client: int | None = None
+    dashboard_agent: int | None = None
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Ports that are free now (for tests and for a second stack beside a first)."""
+        return cls(*(free_port() for _ in range(3)))
+
+    def with_internal_ports(self) -> StackPorts:
+        return StackPorts(
+            self.ray,
+            self.dashboard,
+            self.mlflow,
+            self.ray_client or free_port(),
+            self.dashboard_agent or free_port(),
+        )
+
+
+@dataclass
+class StackState:
+    """What `up` started, saved in `stack.json` so `status` and `down` can find it."""
+
+    root: str
+    ports: StackPorts
+    num_cpus: int | None = None
+    mlflow_pid: int | None = None
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.ports.ray}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.dashboard}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mlflow}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalStack:
+    """Start, inspect and stop the local stack rooted at `root`."""
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT):
+        self.root = Path(root).resolve()
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def token_file(self) -> Path:
+        return self.root / "ray_auth_token"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        # Ray's unix socket paths must stay short (about 107 bytes), so not under `root`.
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"vos-ray-{digest}"
+
+    # -- state -------------------------------------------------------------------------------
+    def load_state(self) -> StackState | None:
+        if not self.state_file.is_file():
+            return None
+        data = json.loads(self.state_file.read_text())
+        data["ports"] = StackPorts(**data["ports"])
+        return StackState(**data)
+
+    def _save_state(self, state: StackState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(self.state_file)
+
+    def client_env(self, state: StackState | None = None) -> dict[str, str]:
+        """Environment for clients of this stack (`ray job submit`, `ray.init`, MLflow)."""
+        state = state or self.load_state()
+        if state is None:
+            return {}
+        return {
+            "RAY_ADDRESS": state.gcs_address,
+            "RAY_API_SERVER_ADDRESS": state.dashboard_url,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token_file),
+            "MLFLOW_TRACKING_URI": state.mlflow_url,
+            "VOS_STORAGE": str(self.storage_dir),
+        }
+
+    # -- health ------------------------------------------------------------------------------
+    def ray_healthy(self, state: StackState) -> bool:
+        request = urllib.request.Request(f"{state.dashboard_url}/api/version")
+        if self.token_file.is_file():
+            request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
+        return _http_ok(request)
+
+    def mlflow_healthy(self, state: StackState) -> bool:
+        return _http_ok(urllib.request.Request(f"{state.mlflow_url}/health"))
+
+    def status(self) -> dict[str, dict[str, object]]:
+        state = self.load_state()
+        if state is None:
+            return {}
+        return {
+            "ray": {
+                "address": state.gcs_address,
+                "dashboard": state.dashboard_url,
+                "healthy": self.ray_healthy(state),
+            },
+            "mlflow": {"address": state.mlflow_url, "healthy": self.mlflow_healthy(state)},
+            "storage": {"address": str(self.storage_dir), "healthy": self.storage_dir.is_dir()},
+        }
+
+    # -- up / down ---------------------------------------------------------------------------
+    def up(
+        self, ports: StackPorts | None = None, num_cpus: int | None = None, timeout: float = 120
+    ) -> StackState:
+        """Bring the stack up; parts that are already healthy are left running."""
+        state = self.load_state()
+        if state is None:
+            ports = (ports or StackPorts()).with_internal_ports()
+            state = StackState(root=str(self.root), ports=ports, num_cpus=num_cpus)
+        for folder in (self.root, self.storage_dir, self.logs_dir, self.root / "mlflow-artifacts"):
+            folder.mkdir(parents=True, exist_ok=True)
+        if not self.token_file.is_file():
+            self.token_file.write_text(secrets.token_hex(32))
+            self.token_file.chmod(0o600)
+
+        start_ray = not self.ray_healthy(state)
+        start_mlflow = not self.mlflow_healthy(state)
+        if start_ray:
+            self._stop_ray()
+        if start_mlflow:
+            self._stop_mlflow(state)
+        _check_ports_free(state.ports, ray=start_ray, mlflow=start_mlflow)
+        if start_ray:
+            self._start_ray(state)
+        if start_mlflow:
+            state.mlflow_pid = self._start_mlflow(state)
+        self._save_state(state)
+        _wait_until(lambda: self.ray_healthy(state), timeout, "Ray dashboard", self.logs_dir)
+        _wait_until(lambda: self.mlflow_healthy(state), timeout, "MLflow server", self.logs_dir)
+        return state
+
+    def down(self) -> list[int]:
+        """Stop this stack's processes; returns the pids that were stopped."""
+        state = self.load_state()
+        stopped = self._stop_ray()
+        if state is not None:
+            stopped += self._stop_mlflow(state)
+            self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process that belongs to this stack (Ray's and MLflow's)."""
+        state = self.load_state()
+        found = _processes_mentioning(str(self.ray_temp_dir))
+        if state is not None and state.mlflow_pid and psutil.pid_exists(state.mlflow_pid):
+            found.append(psutil.Process(state.mlflow_pid))
+        return _with_descendants(found)
+
+    def _start_ray(self, state: StackState) -> None:
+        command = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={state.ports.ray}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={state.ports.dashboard}",
+            f"--ray-client-server-port={state.ports.ray_client}",
+            f"--dashboard-agent-listen-port={state.ports.dashboard_agent}",
+            "--include-dashboard=true",
+            f"--temp-dir={self.ray_temp_dir}",
+            "--disable-usage-stats",
+        ]
+        if state.num_cpus is not None:
+            command.append(f"--num-cpus={state.num_cpus}")
+        log = (self.logs_dir / "ray-start.log").open("w")
+        result = subprocess.run(command, env=self._server_env(), stdout=log, stderr=log)
+        if result.returncode != 0:
+            raise RuntimeError(f"stack: `ray start` failed; see {self.logs_dir / 'ray-start.log'}")
+
+    def _start_mlflow(self, state: StackState) -> int:
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "mlflow-artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(state.ports.mlflow),
+            "--workers",
+            "1",
+        ]
+        log = (self.logs_dir / "mlflow.log").open("w")
+        process = subprocess.Popen(
+            command,
+            env=self._server_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return process.pid
+
+    def _server_env(self) -> dict[str, str]:
+        """The servers' environment: the project's interpreter first on PATH, token auth on."""
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(self.token_file)
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def _stop_ray(self) -> list[int]:
+        stopped = _terminate(_with_descendants(_processes_mentioning(str(self.ray_temp_dir))))
+        shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
+        return stopped
+
+    def _stop_mlflow(self, state: StackState) -> list[int]:
+        if not state.mlflow_pid or not psutil.pid_exists(state.mlflow_pid):
+            return []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(state.mlflow_pid, signal.SIGTERM)
+        return _terminate(_with_descendants([psutil.Process(state.mlflow_pid)]))
+
+
+def _check_ports_free(ports: StackPorts, ray: bool, mlflow: bool) -> None:
+    """Fail before starting anything when a port the stack needs is taken."""
+    wanted = {name: port for name, port in asdict(ports).items() if name != "mlflow"} if ray else {}
+    if mlflow:
+        wanted["mlflow"] = ports.mlflow
+    for name, port in wanted.items():
+        if port_in_use(port):
+            raise RuntimeError(
+                f"stack: port {port} ({name}) on 127.0.0.1 is taken by another program; "
+                "stop it or start the stack with other ports"
+            )
+
+
+def _http_ok(request: urllib.request.Request) -> bool:
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_until(check, timeout: float, what: str, logs_dir: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"stack: {what} did not become healthy in {timeout:.0f} s; see {logs_dir}"
+            )
+        time.sleep(0.5)
+
+
+def _processes_mentioning(text: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _with_descendants(processes: list[psutil.Process]) -> list[psutil.Process]:
+    everything: dict[int, psutil.Process] = {}
+    for process in processes:
+        try:
+            everything[process.pid] = process
+            for child in process.children(recursive=True):
+                everything[child.pid] = child
+        except psutil.NoSuchProcess:
+            continue
+    return list(everything.values())
+
+
+def _terminate(processes: list[psutil.Process], grace: float = 10) -> list[int]:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return [process.pid for process in processes]
