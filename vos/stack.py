@@ -263,9 +263,12 @@ class LocalStack:
             "1",
         ]
         log = (self.logs_dir / "mlflow.log").open("w")
+        env = self._server_env()
+        # MLflow 3 starts a pool of job consumers for its GenAI features; this stack needs none.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         process = subprocess.Popen(
             command,
-            env=self._server_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
