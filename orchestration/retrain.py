@@ -1,0 +1,345 @@
+"""`vos retrain`: keep the champion current as new video data arrives.
+
+    vos retrain --config configs/retrain.yaml --once        one cycle (the Kubernetes CronJob)
+    vos retrain --config configs/retrain.yaml --every 6h    in the foreground until SIGTERM
+
+A cycle, each step only a call of a pipeline stage:
+
+1. find sequences under `incoming.url` that the ledger has not seen (pipelines.ingest); a bad
+   one is quarantined with its reason, the rest go on;
+2. generate fine-tuning shards for them (pipelines.generate), mixed at training time with a
+   replay sample of earlier data (`replay.manifests`);
+3. submit fine-tuning (pipelines/finetune.py) to Ray through the Jobs API, starting from the
+   champion, and wait for it;
+4. register its model (pipelines.registry), evaluate it on the fixed evaluation set and
+   decide on promotion through the gate (pipelines.promote);
+5. record in the ledger on object storage: which sequences, which job, which run, which
+   model version, which decision.
+
+After every step the ledger is saved, so a rerun after a crash resumes the open cycle (the
+same Ray job is waited for, not submitted again): nothing is trained twice on the same data.
+A lease on the same storage makes it single-flight: a second trigger exits while one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydantic import Field
+from rich.console import Console
+
+from datagen import storage
+from orchestration.lease import Lease, LeaseHeld
+from orchestration.ledger import Cycle, Ledger
+from pipelines import generate, ingest, promote, registry
+from pipelines.config import ConfigError, StrictModel, load_config
+from pipelines.evaluate import EvaluationSettings
+from pipelines.tracking import resolve_tracking_uri
+
+__all__ = ["RetrainConfig", "Stopped", "main", "run_cycle"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Variables a fine-tuning job needs to reach the same services; never credentials, which the
+# cluster's nodes get from their own environment (Kubernetes Secrets).
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+)
+
+console = Console()
+
+
+class IncomingSection(StrictModel):
+    url: str = Field(min_length=1, description="where new sequences arrive (local path or s3://)")
+    layout: Literal["davis", "youtube"] = "davis"
+    resolution: str = "480p"
+
+
+class ReplaySection(StrictModel):
+    manifests: list[str] = Field(default_factory=list, description="earlier shard sets to replay")
+    weight: float = Field(0.5, gt=0, description="mixing weight of each replay set (new data: 1)")
+
+
+class FinetuneSection(StrictModel):
+    config: str = Field(
+        "configs/finetune_gc.yaml", description="fine-tuning config, in working_dir"
+    )
+    overrides: list[str] = Field(default_factory=list, description="key=value for that config")
+    job_address: str | None = Field(None, description="Ray dashboard; None: RAY_API_SERVER_ADDRESS")
+    working_dir: str = Field(str(REPO_ROOT), description="uploaded with the job")
+    timeout_s: float = Field(6 * 3600, gt=0)
+
+
+class RetrainConfig(StrictModel):
+    model: Literal["gc", "gvos_scm", "stm"] = "gc"
+    state_url: str = Field(min_length=1, description="ledger, lease and new shards live here")
+    incoming: IncomingSection
+    clips: generate.ClipsSection = Field(default_factory=generate.ClipsSection)
+    replay: ReplaySection = Field(default_factory=ReplaySection)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    evaluation: EvaluationSettings
+    margin: float = Field(0.005, ge=0, le=1, description="J&F a candidate must gain to promote")
+    lease_ttl_s: float = Field(6 * 3600, gt=0)
+    tracking_uri: str | None = None
+
+
+class Stopped(Exception):
+    """SIGTERM (or Ctrl-C) arrived; the open cycle resumes on the next run."""
+
+
+class Workflow:
+    """One retraining cycle; `stop` is set by a signal and checked between and inside steps."""
+
+    def __init__(self, config: RetrainConfig, stop: threading.Event):
+        self.config = config
+        self.stop = stop
+        self.ledger = Ledger(storage.join(config.state_url, "ledger.json"))
+
+    def run(self) -> dict[str, Any]:
+        cycle = self.ledger.open_cycle()
+        if cycle is None:
+            new = self.find_new_sequences()
+            if not new:
+                console.print("retrain: no new sequences; nothing to do")
+                return {"status": "nothing new"}
+            cycle = Cycle.new(sorted(new))
+            cycle.steps["found"] = {"fingerprints": new}
+            self.ledger.start(cycle)
+            console.print(
+                f"retrain: cycle {cycle.id} on {len(new)} new sequences: {', '.join(sorted(new))}"
+            )
+        else:
+            console.print(f"retrain: resuming cycle {cycle.id} after {', '.join(cycle.steps)}")
+        try:
+            for step in (self.generate, self.finetune, self.register, self.promote):
+                name = step.__name__
+                if not cycle.done(name):
+                    self.check_stop()
+                    self.ledger.record_step(cycle, name, step(cycle))
+        except Stopped:
+            raise
+        except Exception as err:
+            cycle.steps["error"] = {"message": " ".join(str(err).split())}
+            self.ledger.finish(cycle, "failed", {})
+            raise
+        self.ledger.finish(cycle, "done", cycle.steps["found"]["fingerprints"])
+        decision = cycle.steps["promote"]
+        console.print(
+            f"retrain: cycle {cycle.id} done: version {decision['version']} {decision['outcome']} "
+            f"({decision['reason']})"
+        )
+        return {"status": "done", "cycle": cycle.id, **decision}
+
+    # -- steps ---------------------------------------------------------------------------------
+    def find_new_sequences(self) -> dict[str, str]:
+        incoming = self.config.incoming
+        found = ingest.find_sequences(incoming.url, incoming.layout, incoming.resolution)
+        new: dict[str, str] = {}
+        for sequence in found:
+            if not self.ledger.is_new(sequence.name, sequence.fingerprint):
+                continue
+            if sequence.usable:
+                new[sequence.name] = sequence.fingerprint
+            else:
+                console.print(f"retrain: quarantined {sequence.name}: {sequence.problem}")
+                self.ledger.quarantine(sequence.name, sequence.fingerprint, sequence.problem)
+        return new
+
+    def generate(self, cycle: Cycle) -> dict[str, Any]:
+        incoming = self.config.incoming
+        config = generate.GenerateConfig(
+            source=generate.SourceSection(
+                kind=incoming.layout,
+                path=incoming.url,
+                resolution=incoming.resolution,
+                sequences=cycle.sequences,
+            ),
+            output=generate.OutputSection(
+                url=storage.join(self.config.state_url, "shards", cycle.id)
+            ),
+            clips=self.config.clips,
+        )
+        summary = generate.run(config)
+        return {"manifest": summary["manifest"], "clips": summary["clips"]}
+
+    def finetune(self, cycle: Cycle) -> dict[str, Any]:
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        client = JobSubmissionClient(self.config.finetune.job_address)
+        job_id = f"retrain-{cycle.id}"
+        run_name = f"retrain-{cycle.id}"
+        if not _job_exists(client, job_id):  # after a crash the job may already be running
+            client.submit_job(
+                entrypoint=self.finetune_entrypoint(cycle, run_name),
+                submission_id=job_id,
+                runtime_env={
+                    "working_dir": self.config.finetune.working_dir,
+                    "env_vars": {
+                        key: value for key in FORWARDED_ENV if (value := os.environ.get(key))
+                    },
+                },
+            )
+            console.print(f"retrain: submitted fine-tuning job {job_id}")
+        deadline = time.monotonic() + self.config.finetune.timeout_s
+        status = client.get_job_status(job_id)
+        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fine-tuning job {job_id} did not finish in time")
+            self.stop.wait(5)
+            self.check_stop()
+            status = client.get_job_status(job_id)
+        if status != JobStatus.SUCCEEDED:
+            tail = client.get_job_logs(job_id)[-1500:]
+            raise RuntimeError(f"fine-tuning job {job_id} ended {status}: {tail}")
+        return {"job_id": job_id, "run_name": run_name, "run_id": self.run_id_of(run_name)}
+
+    def finetune_entrypoint(self, cycle: Cycle, run_name: str) -> str:
+        manifests = [cycle.steps["generate"]["manifest"], *self.config.replay.manifests]
+        weights = [1.0] + [self.config.replay.weight] * len(self.config.replay.manifests)
+        overrides = [
+            *self.config.finetune.overrides,
+            f"run.name={run_name}",
+            f"model.name={self.config.model}",
+            f"init.model_uri=models:/{registry.registered_name(self.config.model)}@{registry.CHAMPION}",
+            f"data.manifests={json.dumps(manifests)}",
+            f"data.weights={json.dumps(weights)}",
+        ]
+        command = [
+            "python",
+            "pipelines/finetune.py",
+            "--config",
+            self.config.finetune.config,
+            *overrides,
+        ]
+        return shlex.join(command)
+
+    def run_id_of(self, run_name: str) -> str:
+        import mlflow
+
+        mlflow.set_tracking_uri(resolve_tracking_uri(self.config.tracking_uri))
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`vos.run_name` = '{run_name}'",
+            output_format="list",
+        )
+        if not runs:
+            raise RuntimeError(f"fine-tuning run {run_name} is not in MLflow")
+        return runs[0].info.run_id
+
+    def register(self, cycle: Cycle) -> dict[str, Any]:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(resolve_tracking_uri(self.config.tracking_uri))
+        version = registry.register_run_model(
+            client, cycle.steps["finetune"]["run_id"], model=self.config.model
+        )
+        return {"name": version.name, "version": str(version.version)}
+
+    def promote(self, cycle: Cycle) -> dict[str, Any]:
+        registered = cycle.steps["register"]
+        decision = promote.run(
+            promote.PromoteConfig(
+                model=registered["name"],
+                version=registered["version"],
+                margin=self.config.margin,
+                evaluation=self.config.evaluation,
+                tracking_uri=self.config.tracking_uri,
+            )
+        )
+        return {
+            "version": decision.version,
+            "outcome": decision.outcome,
+            "reason": decision.reason,
+            "candidate_jf": decision.candidate_jf,
+            "champion_jf": decision.champion_jf,
+        }
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+
+
+def run_cycle(config: RetrainConfig, stop: threading.Event | None = None) -> dict[str, Any]:
+    """One cycle under the lease; returns what happened (also printed)."""
+    stop = stop or threading.Event()
+    try:
+        with Lease(storage.join(config.state_url, "lease.json"), config.lease_ttl_s):
+            return Workflow(config, stop).run()
+    except LeaseHeld as err:
+        console.print(f"retrain: {err}; exiting")
+        return {"status": "busy", "reason": str(err)}
+
+
+def parse_interval(text: str) -> float:
+    """'6h', '30m', '90s' or '1d' -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if not match:
+        raise ConfigError(
+            f"config error: --every {text!r}: use a number and s, m, h or d (e.g. 6h)"
+        )
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vos retrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="retraining config (configs/retrain.yaml)")
+    when = parser.add_mutually_exclusive_group(required=True)
+    when.add_argument("--once", action="store_true", help="run one cycle and exit")
+    when.add_argument("--every", metavar="INTERVAL", help="run a cycle every INTERVAL (6h, 30m)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(RetrainConfig, args.config, args.overrides)
+        interval = parse_interval(args.every) if args.every else None
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    while True:
+        try:
+            result = run_cycle(config, stop)
+        except Stopped:
+            console.print("retrain: stopped by signal; the open cycle resumes on the next run")
+            return 0
+        except Exception as err:  # noqa: BLE001 - one line, and the schedule goes on
+            console.print(f"[red]retrain: cycle failed: {' '.join(str(err).split())}[/red]")
+            result = {"status": "failed"}
+            if interval is None:
+                return 1
+        if interval is None:
+            return 0 if result["status"] != "failed" else 1
+        console.print(f"retrain: next cycle in {args.every}")
+        if stop.wait(interval):
+            console.print("retrain: stopped by signal")
+            return 0
+
+
+def _job_exists(client, job_id: str) -> bool:
+    try:
+        client.get_job_info(job_id)
+    except RuntimeError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
