@@ -1,0 +1,156 @@
+"""ResNet encoders from torchvision, cut after res4 (`layer3`, stride 16).
+
+Batch norm is frozen (both papers; the training batches are far too small to estimate
+statistics): the encoders keep their batch norm layers in eval mode even under `train()`,
+and the batch norm scale and shift do not train. Plain `nn.BatchNorm2d` in eval mode rather
+than `FrozenBatchNorm2d` because it runs as one fused op (faster inference).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import models as tv_models
+
+STRIDE = 16  # output stride of res4; inputs are padded to a multiple of it
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DOWNLOAD_TIMEOUT_S = 15.0
+
+# torchvision constructor, ImageNet weights, channels of (res2, res3, res4).
+_ARCHITECTURES = {
+    "resnet18": (tv_models.resnet18, tv_models.ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256)),
+    "resnet50": (tv_models.resnet50, tv_models.ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024)),
+}
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but could not be loaded or downloaded."""
+
+
+@dataclass
+class EncoderFeatures:
+    """Feature maps of one encoder pass: res4 (stride 16) feeds the heads, res3/res2 the decoder."""
+
+    res4: Tensor
+    res3: Tensor
+    res2: Tensor
+
+    def select(self, index: Tensor) -> EncoderFeatures:
+        """The features of batch elements `index` (e.g. one row per object)."""
+        return EncoderFeatures(self.res4[index], self.res3[index], self.res2[index])
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet stem + layer1..layer3 on RGB frames in [0, 1], optionally with a mask channel.
+
+    With `with_mask=True` (the memory encoder) the first conv takes 4 channels: RGB filters
+    from the (pretrained) conv, a new filter for the object mask.
+    """
+
+    def __init__(self, backbone: str, with_mask: bool = False, pretrained: bool = False):
+        super().__init__()
+        constructor, weights, channels = _ARCHITECTURES[backbone]
+        resnet = constructor(weights=None)
+        if pretrained:
+            resnet.load_state_dict(load_imagenet_weights(weights))
+        for module in resnet.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.requires_grad_(False)
+        conv1 = resnet.conv1
+        if with_mask:
+            conv1 = _add_mask_channel(conv1)
+        self.stem = nn.Sequential(conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+        self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
+        self.res2_channels, self.res3_channels, self.res4_channels = channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> ResNetEncoder:
+        """Switch to training mode, batch norm excepted: it stays frozen (eval mode)."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def forward(self, rgb: Tensor, mask: Tensor | None = None) -> EncoderFeatures:
+        """rgb: [N, 3, H, W] in [0, 1]; mask: [N, 1, H, W] object probability (memory encoder)."""
+        x = (rgb - self.mean) / self.std
+        if mask is not None:
+            x = torch.cat([x, mask.to(x.dtype)], dim=1)
+        res2 = self.layer1(self.stem(x))
+        res3 = self.layer2(res2)
+        res4 = self.layer3(res3)
+        return EncoderFeatures(res4=res4, res3=res3, res2=res2)
+
+
+def _add_mask_channel(conv: nn.Conv2d) -> nn.Conv2d:
+    """A copy of `conv` taking one more input channel; the new filter keeps its fresh init."""
+    wider = nn.Conv2d(
+        conv.in_channels + 1,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        wider.weight[:, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            wider.bias.copy_(conv.bias)
+    return wider
+
+
+def load_imagenet_weights(weights: tv_models.WeightsEnum) -> dict:
+    """torchvision's ImageNet state dict (from the TORCH_HOME cache, else downloaded).
+
+    Raises `PretrainedWeightsUnavailable` with one readable line instead of hanging or
+    surfacing a urllib traceback when the file is neither cached nor downloadable.
+    """
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as error:  # URLError, timeouts, hash mismatch, truncated file
+        reason = str(error).replace("\n", " ")
+        raise PretrainedWeightsUnavailable(
+            f"cannot load ImageNet weights {weights} from {weights.url} into "
+            f"{torch.hub.get_dir()}/checkpoints ({type(error).__name__}: {reason}); "
+            "place the file there (it is downloaded once with network access) "
+            "or build the model with pretrained_backbone=False"
+        ) from error
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub opens URLs without a timeout; bound it so an offline host fails fast."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def pad_to_stride(x: Tensor, mode: str = "constant") -> Tensor:
+    """Pad the last two dims of `x` at the bottom/right up to a multiple of STRIDE."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % STRIDE, -width % STRIDE
+    if pad_h == 0 and pad_w == 0:
+        return x
+    if mode == "constant":
+        return F.pad(x, (0, pad_w, 0, pad_h))
+    leading = x.shape[:-3]
+    padded = F.pad(x.reshape(-1, *x.shape[-3:]), (0, pad_w, 0, pad_h), mode=mode)
+    return padded.reshape(*leading, *padded.shape[-3:])
+
+
+def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Undo `pad_to_stride`: keep the top-left `size` of the last two dims."""
+    return x[..., : size[0], : size[1]]

@@ -1,0 +1,300 @@
+"""The three networks, `gc`, `gvos_scm` and `stm`, and `build_model`.
+
+All three share the STM layout: a memory encoder (RGB + object mask) and a query encoder
+(RGB), ResNet cut after res4, key/value heads, a memory read, and the STM decoder. They
+differ in the memory read and in what surrounds it:
+
+    gc        GlobalContextMemory read; objects merged by a softmax over their logits
+    gvos_scm  gc + spatial constraint on the query feature, ASPP on the read-out, boundary
+              refinement of the decoder's output, hybrid loss; soft aggregation
+    stm       SpaceTimeMemory read (first + previous + every N-th frame); soft aggregation
+
+Each object runs as its own batch row (`owner[row]` is the sample it belongs to). The
+same building blocks (`encode_memory`, `encode_query`, `segment_objects`, `merge`) serve
+the training clip (`forward`) and streaming inference (`models.segmenter`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.aggregate import soft_aggregate, softmax_merge
+from models.backbone import EncoderFeatures, ResNetEncoder, crop_to, pad_to_stride
+from models.config import resolve_config
+from models.decoder import Decoder
+from models.heads import KeyValueHead
+from models.losses import IGNORE_INDEX, hybrid_loss, merged_cross_entropy
+from models.memory import GlobalContextMemory, SpaceTimeMemory
+from models.scm import ASPP, BoundaryRefinement, SpatialConstraint
+
+Memory = GlobalContextMemory | SpaceTimeMemory
+
+
+@dataclass
+class ClipPrediction:
+    """What a network predicts for frames 1..T-1 of a clip."""
+
+    logits: Tensor  # float32 [B, T-1, K+1, H, W]: log of the merged per-pixel probabilities
+    object_logits: (
+        Tensor  # [B, T-1, K, H, W]: each object's own foreground logit (refined for gvos_scm)
+    )
+    object_valid: Tensor  # bool [B, K]: the object is present in the sample's first mask
+
+
+class VOSNetwork(nn.Module):
+    """Shared encoder / heads / decoder; subclasses pick the memory, merge and extras."""
+
+    uses_previous_mask = False  # whether segment_objects needs the previous frame's masks
+
+    def __init__(self, config: dict, pretrained_backbone: bool = False):
+        super().__init__()
+        self._config = copy.deepcopy(config)
+        key_channels, value_channels = config["key_channels"], config["value_channels"]
+        self.memory_encoder = ResNetEncoder(
+            config["backbone"], with_mask=True, pretrained=pretrained_backbone
+        )
+        self.query_encoder = ResNetEncoder(config["backbone"], pretrained=pretrained_backbone)
+        encoder = self.query_encoder
+        self.memory_head = KeyValueHead(encoder.res4_channels, key_channels, value_channels)
+        self.query_head = KeyValueHead(encoder.res4_channels, key_channels, value_channels)
+        self.decoder = Decoder(
+            2 * value_channels,
+            encoder.res3_channels,
+            encoder.res2_channels,
+            config["decoder_channels"],
+        )
+
+    @property
+    def config(self) -> dict:
+        """Plain JSON settings; `build_model(**net.config)` rebuilds this architecture."""
+        return copy.deepcopy(self._config)
+
+    # --- what the subclasses choose -------------------------------------------------------
+
+    def new_memory(self, key: Tensor, value: Tensor) -> Memory:
+        raise NotImplementedError
+
+    def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
+        """[B, K, H, W] foreground logits, valid [B, K] -> log-probabilities [B, K+1, H, W]."""
+        return soft_aggregate(object_logits, valid)
+
+    def embed_query(
+        self, res4: Tensor, owner: Tensor, previous_probs: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Query key and the query frame's value, one row per object."""
+        key, value = self.query_head(res4)
+        return key[owner], value[owner]
+
+    def read_out(self, read: Tensor) -> Tensor:
+        return read
+
+    def refine(self, coarse_logits: Tensor) -> Tensor:
+        return coarse_logits
+
+    # --- building blocks shared by training and streaming ---------------------------------
+
+    def encode_memory(self, frames: Tensor, object_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """Memory key and value of frames [N, 3, H, W] with object probabilities [N, 1, H, W]."""
+        return self.memory_head(self.memory_encoder(frames, object_probs).res4)
+
+    def encode_query(self, frames: Tensor) -> EncoderFeatures:
+        """Query encoder features of frames [B, 3, H, W] (shared by all objects of a frame)."""
+        return self.query_encoder(frames)
+
+    def segment_objects(
+        self, query: EncoderFeatures, owner: Tensor, memory: Memory, previous_probs: Tensor
+    ) -> Tensor:
+        """Foreground logits [N, 1, H, W] of N objects; `owner[n]` is object n's row in `query`.
+
+        previous_probs [N, 1, H, W]: each object's probability on the previous frame.
+        """
+        query_key, query_value = self.embed_query(query.res4, owner, previous_probs)
+        read = self.read_out(memory.read(query_key))
+        feature = torch.cat([read, query_value.to(read.dtype)], dim=1)
+        coarse = self.decoder(feature, query.res3[owner], query.res2[owner])
+        return self.refine(coarse)
+
+    # --- the training clip ----------------------------------------------------------------
+
+    def forward(self, frames: Tensor, first_labels: Tensor, num_objects: int) -> ClipPrediction:
+        """Segment frames 1..T-1 of a clip from frame 0's labels.
+
+        frames float32 [B, T, 3, H, W] in [0, 1]; first_labels int64 [B, H, W] (0 = background,
+        1..num_objects). Frame t is predicted from the memory of frames 0..t-1, where frames
+        after 0 enter the memory with the network's own soft (unthresholded) probabilities.
+        """
+        _check_clip(frames, first_labels, num_objects)
+        batch, length, _, height, width = frames.shape
+        size = (height, width)
+        owner = torch.arange(batch, device=frames.device).repeat_interleave(num_objects)
+        frames = pad_to_stride(frames, mode="replicate")
+
+        first_masks = (
+            F.one_hot(first_labels, num_objects + 1)[..., 1:].permute(0, 3, 1, 2).to(frames.dtype)
+        )
+        valid = first_masks.flatten(2).amax(dim=2) > 0
+        object_probs = _rows(pad_to_stride(first_masks))
+        memory = self.new_memory(*self.encode_memory(frames[:, 0][owner], object_probs))
+        queries = self.encode_query(frames[:, 1:].flatten(0, 1))
+        sample_rows = torch.arange(batch, device=frames.device) * (length - 1)
+
+        log_probs, object_logits = [], []
+        for t in range(1, length):
+            query = queries.select(sample_rows + (t - 1))
+            logits = self.segment_objects(query, owner, memory, object_probs)
+            logits = crop_to(logits, size).reshape(batch, num_objects, height, width)
+            merged = self.merge(logits, valid)
+            log_probs.append(merged)
+            object_logits.append(logits)
+            if t < length - 1:
+                object_probs = _rows(pad_to_stride(merged[:, 1:].exp()))
+                memory.write(*self.encode_memory(frames[:, t][owner], object_probs))
+        return ClipPrediction(
+            torch.stack(log_probs, dim=1), torch.stack(object_logits, dim=1), valid
+        )
+
+    def loss(self, pred: ClipPrediction, target_labels: Tensor) -> Tensor:
+        """Cross-entropy of the merged prediction; pixels of objects absent from frame 0 ignored."""
+        _check_targets(pred, target_labels)
+        return merged_cross_entropy(
+            pred.logits, _ignore_absent_objects(target_labels, pred.object_valid)
+        )
+
+
+class GCNet(VOSNetwork):
+    """Fast VOS with the global context module (Li et al., ECCV 2020)."""
+
+    def new_memory(self, key: Tensor, value: Tensor) -> GlobalContextMemory:
+        return GlobalContextMemory(key, value)
+
+    def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
+        return softmax_merge(object_logits, valid)
+
+
+class GVOSSCMNet(GCNet):
+    """GC + spatial constraint module, ASPP, boundary refinement and the hybrid loss."""
+
+    uses_previous_mask = True
+
+    def __init__(self, config: dict, pretrained_backbone: bool = False):
+        super().__init__(config, pretrained_backbone)
+        value_channels = config["value_channels"]
+        self.spatial_constraint = SpatialConstraint(self.query_encoder.res4_channels)
+        self.aspp = ASPP(
+            value_channels, config["aspp_channels"], value_channels, config["aspp_rates"]
+        )
+        self.refinement = BoundaryRefinement(config["refine_channels"])
+
+    def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
+        return soft_aggregate(object_logits, valid)
+
+    def embed_query(
+        self, res4: Tensor, owner: Tensor, previous_probs: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self.query_head(self.spatial_constraint(res4[owner], previous_probs))
+
+    def read_out(self, read: Tensor) -> Tensor:
+        return self.aspp(read)
+
+    def refine(self, coarse_logits: Tensor) -> Tensor:
+        return self.refinement(coarse_logits)
+
+    def loss(self, pred: ClipPrediction, target_labels: Tensor) -> Tensor:
+        """Cross-entropy of the merged prediction + hybrid loss of each present object's map."""
+        cross_entropy = super().loss(pred, target_labels)
+        num_objects = pred.object_logits.shape[2]
+        object_ids = torch.arange(1, num_objects + 1, device=target_labels.device).view(
+            1, 1, -1, 1, 1
+        )
+        object_targets = target_labels.unsqueeze(2) == object_ids  # [B, T-1, K, H, W]
+        present = pred.object_valid[:, None, :].expand(-1, target_labels.shape[1], -1)
+        return cross_entropy + hybrid_loss(pred.object_logits[present], object_targets[present])
+
+
+class STMNet(VOSNetwork):
+    """Space-time memory network (Oh et al., ICCV 2019), the baseline."""
+
+    def new_memory(self, key: Tensor, value: Tensor) -> SpaceTimeMemory:
+        return SpaceTimeMemory(key, value, every=self._config["memory_every"])
+
+
+_NETWORKS = {"gc": GCNet, "gvos_scm": GVOSSCMNet, "stm": STMNet}
+
+
+def build_model(
+    name: str, size: str = "full", pretrained_backbone: bool = False, **overrides
+) -> VOSNetwork:
+    """One of the three networks; `size` picks the papers' (`full`) or CPU (`tiny`) settings.
+
+    `overrides` change single options (e.g. key_channels=64); unknown options are refused.
+    With `pretrained_backbone=True` both encoders start from torchvision's ImageNet weights.
+    """
+    config = resolve_config(name, size, overrides)
+    return _NETWORKS[name](config, pretrained_backbone=pretrained_backbone)
+
+
+def _rows(per_object: Tensor) -> Tensor:
+    """[B, K, H, W] -> [B*K, 1, H, W]: one batch row per object."""
+    return per_object.flatten(0, 1).unsqueeze(1)
+
+
+def _ignore_absent_objects(target_labels: Tensor, valid: Tensor) -> Tensor:
+    present = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # background always counts
+    pixel_present = present.gather(1, target_labels.flatten(1)).view_as(target_labels)
+    return target_labels.masked_fill(~pixel_present, IGNORE_INDEX)
+
+
+def _check_clip(frames: Tensor, first_labels: Tensor, num_objects: int) -> None:
+    if (
+        not isinstance(frames, Tensor)
+        or frames.ndim != 5
+        or frames.shape[2] != 3
+        or frames.shape[1] < 2
+    ):
+        shape = tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
+        raise ValueError(f"frames must be a tensor [B, T, 3, H, W] with T >= 2, got {shape}")
+    if not frames.is_floating_point():
+        raise ValueError(f"frames must be float in [0, 1], got dtype {frames.dtype}")
+    if not torch.isfinite(frames).all():
+        raise ValueError("frames contain NaN or infinite values")
+    if frames.amin() < 0 or frames.amax() > 1:
+        raise ValueError(
+            f"frames must be in [0, 1], got values in [{frames.amin().item():.3g}, {frames.amax().item():.3g}]"
+        )
+    batch, _, _, height, width = frames.shape
+    if not isinstance(num_objects, int) or isinstance(num_objects, bool) or num_objects < 1:
+        raise ValueError(f"num_objects must be a positive int, got {num_objects!r}")
+    if not isinstance(first_labels, Tensor) or first_labels.dtype != torch.int64:
+        dtype = (
+            first_labels.dtype if isinstance(first_labels, Tensor) else type(first_labels).__name__
+        )
+        raise ValueError(f"first_labels must be an int64 tensor [B, H, W], got {dtype}")
+    if tuple(first_labels.shape) != (batch, height, width):
+        raise ValueError(
+            f"first_labels has shape {tuple(first_labels.shape)} but frames need [B, H, W] = {(batch, height, width)}"
+        )
+    _check_label_range(first_labels, num_objects, "first_labels")
+
+
+def _check_targets(pred: ClipPrediction, target_labels: Tensor) -> None:
+    expected = (*pred.logits.shape[:2], *pred.logits.shape[3:])
+    if not isinstance(target_labels, Tensor) or target_labels.dtype != torch.int64:
+        raise ValueError("target_labels must be an int64 tensor [B, T-1, H, W]")
+    if tuple(target_labels.shape) != expected:
+        raise ValueError(
+            f"target_labels has shape {tuple(target_labels.shape)}, the prediction needs {expected}"
+        )
+    _check_label_range(target_labels, pred.logits.shape[2] - 1, "target_labels")
+
+
+def _check_label_range(labels: Tensor, num_objects: int, name: str) -> None:
+    low, high = labels.amin().item(), labels.amax().item()
+    if low < 0 or high > num_objects:
+        raise ValueError(
+            f"{name} must be in 0..{num_objects} (num_objects), got values in {low}..{high}"
+        )
