@@ -181,14 +181,17 @@ def register_evaluate_promote(run_id: str, model: str, eval_set: Path, workdir: 
     return name, report, decision
 
 
-def evaluate_on_davis(model_uri: str, davis: Path, workdir: Path) -> dict | None:
+def evaluate_on_davis(model_uri: str, davis: Path, workdir: Path, quick: bool) -> dict | None:
+    """J&F on real DAVIS frames at a quarter of their size (the tiny models' scale)."""
     if not (davis / "JPEGImages").is_dir():
         console.print(f"(no DAVIS sample at {davis}: skipping that evaluation)")
         return None
     console.rule(f"evaluate on {davis.name}")
+    sequences = sorted(path.name for path in (davis / "JPEGImages" / "480p").iterdir())
     config = evaluate.EvaluateConfig(
         model=model_uri,
         data=str(davis),
+        sequences=sequences[:1] if quick else sequences,
         resolution=0.25,
         device="cpu",
         out=str(workdir / "eval" / "davis"),
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = train(manifests, storage_url, args.model, args.quick)
     name, report, decision = register_evaluate_promote(run_id, args.model, paths["eval"], workdir)
     davis_report = evaluate_on_davis(
-        f"models:/{name}/{decision.version}", Path(args.davis), workdir
+        f"models:/{name}/{decision.version}", Path(args.davis), workdir, args.quick
     )
     segmented = segment_one(f"models:/{name}@champion", paths["eval"], workdir)
     print_summary(decision, report, davis_report, segmented, name)
