@@ -98,7 +98,7 @@ def s3_endpoint():
     os.environ.update(_S3_ENV)
     os.environ["AWS_ENDPOINT_URL"] = url
     try:
-        _wait_http(f"{url}/moto-api/", 30, "moto S3 server", log)
+        _wait_http(f"{url}/moto-api/", 120, "moto S3 server", log)
         yield S3Endpoint(url=url)
     finally:
         process.terminate()

@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 DEFAULT_ROOT = Path(".vos/stack")
+RAY_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -178,7 +179,7 @@ class LocalStack:
 
     # -- up / down ---------------------------------------------------------------------------
     def up(
-        self, ports: StackPorts | None = None, num_cpus: int | None = None, timeout: float = 120
+        self, ports: StackPorts | None = None, num_cpus: int | None = None, timeout: float = 300
     ) -> StackState:
         """Bring the stack up; parts that are already healthy are left running."""
         state = self.load_state()
@@ -241,10 +242,18 @@ class LocalStack:
         ]
         if state.num_cpus is not None:
             command.append(f"--num-cpus={state.num_cpus}")
-        log = (self.logs_dir / "ray-start.log").open("w")
-        result = subprocess.run(command, env=self._server_env(), stdout=log, stderr=log)
-        if result.returncode != 0:
-            raise RuntimeError(f"stack: `ray start` failed; see {self.logs_dir / 'ray-start.log'}")
+        # `ray start` gives the raylet a fixed 30 s to register; on a busy machine that can
+        # pass, so a failed start is cleaned up and tried again.
+        log_path = self.logs_dir / "ray-start.log"
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            with log_path.open("a") as log:
+                log.write(f"--- ray start, attempt {attempt}\n")
+                log.flush()
+                result = subprocess.run(command, env=self._server_env(), stdout=log, stderr=log)
+            if result.returncode == 0:
+                return
+            self._stop_ray()
+        raise RuntimeError(f"stack: `ray start` failed {RAY_START_ATTEMPTS} times; see {log_path}")
 
     def _start_mlflow(self, state: StackState) -> int:
         command = [

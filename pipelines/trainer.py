@@ -1,0 +1,298 @@
+"""The driver side of a training run: check everything, start Ray Train, log the outcome.
+
+`run_training(config)` does, in order:
+
+1. preflight (before Ray is touched): the storage can be reached, every data manifest can be
+   read (its URL, sha256 and clip count go to MLflow), each rank gets at least one batch, the
+   model to fine-tune from exists; each problem is one line in a `PreflightError`;
+2. opens the MLflow run (a rerun with the same run name continues the same MLflow run);
+3. builds a Ray Train V2 `TorchTrainer`: `ScalingConfig` (workers, CPUs/GPUs and extra
+   resources per worker from the config), `TorchConfig` (NCCL on GPUs, gloo on CPUs),
+   `RunConfig(name, storage_path)` with `FailureConfig(max_failures)` (a failed worker group
+   restarts from the latest checkpoint) and `CheckpointConfig(num_to_keep)`. Ray Train V2
+   has no `Trainer.restore`: a run resumes when it is started again with the same name and
+   storage path, which is why every run gets a unique name unless one is given;
+4. after `fit()`: loads the final checkpoint, logs the model with `model_io.log_model`, closes
+   the MLflow run and returns a `TrainingResult` (run name, MLflow run id, checkpoint URL,
+   model URI, final metrics) for the evaluation and promotion stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+import ray
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    TrainingFailedError,
+)
+from ray.train.torch import TorchConfig, TorchTrainer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from datagen import storage
+from datagen.manifest import manifest_url, read_manifest
+from datagen.reader import ClipStream
+from pipelines import model_io, tracking
+from pipelines.config import ConfigError, load_config
+from pipelines.train_config import TrainConfig
+from pipelines.train_loop import train_loop_per_worker
+
+__all__ = ["PreflightError", "TrainingResult", "build_trainer", "main_for", "run_training"]
+
+# Where storage endpoints are configured: passed on to the workers so that they see the same
+# object store as the driver. Credentials are not passed: workers use the standard AWS chain.
+FORWARDED_ENV = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"]
+
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one problem, one line: never wrapped
+
+
+class PreflightError(ValueError):
+    """Something outside the config file (storage, data, model) that makes the run impossible."""
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run hands to the next stages."""
+
+    run_name: str
+    mlflow_run_id: str
+    tracking_uri: str
+    checkpoint: str
+    model_uri: str
+    metrics: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_training(config: TrainConfig, config_file: str | None = None) -> TrainingResult:
+    started = time.monotonic()
+    run_name = config.run_name()
+    storage_path = config.storage_path()
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    manifests = preflight(config, storage_path, tracking_uri)
+    mlflow_run_id, resumed = tracking.open_run(
+        tracking_uri, config.tracking.experiment, run_name, config, manifests, config_file
+    )
+    console.print(
+        f"[bold]{config.stage}[/bold] run [bold]{run_name}[/bold] "
+        f"({'resuming' if resumed else 'new'}), MLflow run {mlflow_run_id} at {tracking_uri}"
+    )
+    connect_ray(config.cluster.address)
+    warn_if_cluster_is_short(config)
+    trainer = build_trainer(config, run_name, storage_path, tracking_uri, mlflow_run_id)
+    try:
+        result = trainer.fit()
+        checkpoint = storage.join(storage_path, run_name, os.path.basename(result.checkpoint.path))
+        model_uri = log_final_model(config, tracking_uri, mlflow_run_id, checkpoint)
+    except BaseException:
+        tracking.finish_run(tracking_uri, mlflow_run_id, succeeded=False)
+        raise
+    tracking.finish_run(tracking_uri, mlflow_run_id, succeeded=True)
+    outcome = TrainingResult(
+        run_name=run_name,
+        mlflow_run_id=mlflow_run_id,
+        tracking_uri=tracking_uri,
+        checkpoint=checkpoint,
+        model_uri=model_uri,
+        metrics=dict(result.return_value or result.metrics or {}),
+        seconds=time.monotonic() - started,
+    )
+    print_summary(outcome)
+    return outcome
+
+
+# -- preflight ----------------------------------------------------------------------------------
+
+
+def preflight(
+    config: TrainConfig, storage_path: str, tracking_uri: str
+) -> list[tracking.ManifestRecord]:
+    """Check what the config points to; returns the manifests as the run records them."""
+    try:
+        storage.check_storage(storage_path)
+    except Exception as err:
+        raise PreflightError(f"run.storage_path = {storage_path!r}: {one_line(err)}") from None
+    if not tracking.server_reachable(tracking_uri):
+        raise PreflightError(
+            f"tracking.uri: the MLflow server at {tracking_uri} does not answer "
+            "(set tracking.uri or MLFLOW_TRACKING_URI)"
+        )
+    manifests = [manifest_record(url) for url in config.data.manifests]
+    first_epoch = ClipStream(
+        config.data.manifests,
+        weights=config.data.weights,
+        rank=0,
+        world_size=config.compute.num_workers,
+        seed=config.data.seed,
+        max_objects=config.data.max_objects,
+        max_skip=config.max_skip(0),
+    )
+    if first_epoch.samples_per_rank() < config.data.batch_size:
+        raise PreflightError(
+            f"data: {sum(m.clips for m in manifests)} clips give each of "
+            f"{config.compute.num_workers} workers {first_epoch.samples_per_rank()} clips, fewer "
+            f"than data.batch_size = {config.data.batch_size}"
+        )
+    if config.init is not None:
+        check_model_exists(config.init.model_uri)
+    return manifests
+
+
+def manifest_record(url: str) -> tracking.ManifestRecord:
+    try:
+        manifest = read_manifest(url)
+        raw = storage.read_bytes(manifest_url(url))
+    except Exception as err:
+        raise PreflightError(f"data.manifests: {url}: {one_line(err)}") from None
+    return tracking.ManifestRecord(
+        url=url, sha256=hashlib.sha256(raw).hexdigest(), clips=int(manifest["total_samples"])
+    )
+
+
+def check_model_exists(uri: str) -> None:
+    if uri.startswith(("models:/", "runs:/")):
+        try:
+            mlflow.models.get_model_info(uri)
+        except Exception as err:
+            raise PreflightError(f"init.model_uri = {uri!r}: {one_line(err)}") from None
+        return
+    model_file = uri if uri.endswith(".pt") else storage.join(uri, model_io.MODEL_FILE)
+    if not storage.exists(model_file):
+        raise PreflightError(f"init.model_uri = {uri!r}: no model file at {model_file}")
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the configured cluster (or RAY_ADDRESS, or a new local one) unless joined already."""
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+
+
+def warn_if_cluster_is_short(config: TrainConfig) -> None:
+    """Ray Train waits for resources it cannot get; say so at once instead of only waiting."""
+    compute = config.compute
+    needed = {
+        name: amount * compute.num_workers for name, amount in compute.ray_resources().items()
+    }
+    available = ray.cluster_resources()
+    short = {name: amount for name, amount in needed.items() if available.get(name, 0) < amount}
+    if short:
+        have = ", ".join(f"{available.get(name, 0):g} {name}" for name in short)
+        want = ", ".join(f"{amount:g} {name}" for name, amount in short.items())
+        console.print(
+            f"[yellow]the cluster has {have} now; {compute.num_workers} workers need {want}: "
+            "training starts when an autoscaler adds nodes (or lower compute.num_workers)[/yellow]"
+        )
+
+
+def build_trainer(
+    config: TrainConfig,
+    run_name: str,
+    storage_path: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+) -> TorchTrainer:
+    compute = config.compute
+    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "run_dir": storage.join(storage_path, run_name),
+            "tracking_uri": tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        torch_config=TorchConfig(backend="nccl" if compute.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=compute.num_workers,
+            use_gpu=compute.use_gpu,
+            resources_per_worker=compute.ray_resources(),
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            worker_runtime_env={"env_vars": forwarded} if forwarded else None,
+        ),
+    )
+
+
+# -- after training -----------------------------------------------------------------------------
+
+
+def log_final_model(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint: str) -> str:
+    """Log the final checkpoint's model to the run; returns its MLflow model URI."""
+    net = model_io.load_model(checkpoint)
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        model_uri = model_io.log_model(
+            net,
+            metadata={"vos_checkpoint": checkpoint, "vos_stage": config.stage},
+        )
+        mlflow.set_tag("vos.checkpoint", checkpoint)
+        mlflow.set_tag("vos.model_uri", model_uri)
+    return model_uri
+
+
+def print_summary(outcome: TrainingResult) -> None:
+    table = Table(title=f"training run {outcome.run_name}", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("MLflow run", f"{outcome.mlflow_run_id} ({outcome.tracking_uri})")
+    table.add_row("model", outcome.model_uri)
+    table.add_row("checkpoint", outcome.checkpoint)
+    for key in ("step", "epoch", "loss", "start_step"):
+        if key in outcome.metrics:
+            table.add_row(
+                key, f"{outcome.metrics[key]:.4g}" if key == "loss" else str(outcome.metrics[key])
+            )
+    table.add_row("time", f"{outcome.seconds:.0f} s")
+    console.print(table)
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def main_for(schema: type[TrainConfig], argv: list[str] | None, description: str) -> int:
+    """`main(argv)` of pretrain.py and finetune.py: --config FILE plus key=value overrides."""
+    parser = argparse.ArgumentParser(
+        prog=schema.model_fields["stage"].default,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.name=my-run")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(schema, args.config, args.overrides)
+        run_training(config, config_file=args.config)
+    except (ConfigError, PreflightError) as err:
+        errors.print(f"[red]{escape(str(err))}[/red]", highlight=False)
+        return 2
+    except TrainingFailedError as err:  # the workers' tracebacks are in the log above
+        errors.print(f"[red]training failed: {escape(one_line(err)[:2000])}[/red]", highlight=False)
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""The training reader: decoding, rank and worker splitting, manifests, skips, mixing."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datagen.reader import ClipStream, ManifestError, read_manifest
+from datagen.sources import procedural_image_sources, procedural_video_sources
+from datagen.synthesis import ClipSettings
+from tests.datagen.conftest import build_set
+
+
+@pytest.fixture(scope="module")
+def image_set(tmp_path_factory):
+    """23 clips in 6 shards (4, 4, 4, 4, 4, 3), up to 3 objects per clip."""
+    torch.set_num_threads(1)
+    url = str(tmp_path_factory.mktemp("image_set"))
+    found = procedural_image_sources(23, seed=2, width=96, height=72, num_objects=3)
+    build_set(url, found.sources, ClipSettings(size=48, min_object_area=0.002), clips_per_shard=4)
+    return url
+
+
+@pytest.fixture(scope="module")
+def video_set(tmp_path_factory):
+    torch.set_num_threads(1)
+    url = str(tmp_path_factory.mktemp("video_set"))
+    found = procedural_video_sources(3, seed=4, num_frames=12, width=96, height=72)
+    settings = ClipSettings(
+        size=48, rotation=(-10, 10), scale=(0.9, 1.1), tps_strength=0.0, max_skip=4
+    )
+    build_set(url, found.sources, settings, kind="video", clips_per_source=6, clips_per_shard=5)
+    return url
+
+
+def _keys(stream: ClipStream, epoch: int = 0, workers: int = 0) -> list[str]:
+    if workers == 0:
+        return [sample["key"] for sample in stream.dataset(epoch)]
+    loader = DataLoader(stream.dataset(epoch), batch_size=None, num_workers=workers)
+    return [sample["key"] for sample in loader]
+
+
+def test_samples_are_decoded_tensors_with_remapped_objects(image_set):
+    samples = list(ClipStream(image_set, max_objects=2).dataset(0))
+    assert len(samples) == 23
+    for sample in samples:
+        assert sample["frames"].shape == (3, 3, 48, 48) and sample["frames"].dtype == torch.float32
+        assert sample["frames"].min() >= 0.0 and sample["frames"].max() <= 1.0
+        assert sample["labels"].shape == (3, 48, 48) and sample["labels"].dtype == torch.int64
+        k = sample["num_objects"]
+        assert 1 <= k <= 2
+        assert set(sample["labels"][0].unique().tolist()) == set(range(k + 1))
+        assert sample["labels"].max() <= k
+    assert Counter(s["num_objects"] for s in samples)[2] > 0  # some clips had 3 objects, 2 kept
+
+
+def test_two_ranks_get_disjoint_samples_and_at_least_samples_per_rank(image_set):
+    ranks = [ClipStream(image_set, rank=rank, world_size=2, seed=3) for rank in range(2)]
+    assert ranks[0].samples_per_rank() == ranks[1].samples_per_rank() == 11  # 12 + 11 clips: min
+    keys = [_keys(stream) for stream in ranks]
+    assert not set(keys[0]) & set(keys[1])
+    assert len(set(keys[0]) | set(keys[1])) == 23
+    assert all(len(k) == len(set(k)) >= 11 for k in keys)  # nothing twice in an epoch
+
+
+def test_dataloader_workers_split_a_rank_without_loss_or_repeats(image_set):
+    stream = ClipStream(image_set, rank=1, world_size=2, seed=3)
+    alone = _keys(stream)
+    with_workers = _keys(stream, workers=2)
+    assert sorted(with_workers) == sorted(alone)
+
+
+def test_fewer_shards_than_ranks_are_split_by_samples(image_set):
+    streams = [ClipStream(image_set, rank=rank, world_size=8) for rank in range(8)]
+    counts = [len(_keys(s)) for s in streams]
+    assert all(s.samples_per_rank() == 2 for s in streams)  # 23 // 8
+    assert sorted(counts) == [2] + [3] * 7
+    every = [key for s in streams for key in _keys(s)]
+    assert len(every) == len(set(every)) == 23
+
+
+def test_epochs_shuffle_differently_and_repeat_with_the_seed(image_set):
+    stream = ClipStream(image_set, seed=5, shuffle_buffer=8)
+    assert _keys(stream, 0) == _keys(ClipStream(image_set, seed=5, shuffle_buffer=8), 0)
+    assert _keys(stream, 0) != _keys(stream, 1)
+    assert sorted(_keys(stream, 0)) == sorted(_keys(stream, 1))
+
+
+def test_a_set_without_manifest_is_refused(tmp_path, image_set):
+    import shutil
+
+    shutil.copytree(image_set, tmp_path / "half")
+    (tmp_path / "half" / "manifest.json").unlink()  # shards all there, manifest not yet written
+    with pytest.raises(ManifestError) as error:
+        ClipStream(str(tmp_path / "half"))
+    message = str(error.value)
+    assert "no manifest" in message and str(tmp_path / "half") in message and "\n" not in message
+    with pytest.raises(ManifestError):
+        read_manifest(str(tmp_path / "half" / "manifest.json"))
+
+
+def test_a_shard_with_fewer_samples_than_promised_is_an_error(tmp_path, image_set):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(image_set, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["samples"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="promises"):
+        _keys(ClipStream(str(copy)))
+
+
+def test_max_skip_drops_clips_with_larger_gaps(video_set):
+    manifest = read_manifest(video_set)
+    by_skip = Counter()
+    for entry in manifest["shards"]:
+        by_skip.update({int(k): v for k, v in entry["samples_by_skip"].items()})
+    assert sum(by_skip.values()) == manifest["total_samples"] == 18
+    for max_skip in (1, 2, 4):
+        stream = ClipStream(video_set, max_skip=max_skip)
+        expected = sum(v for k, v in by_skip.items() if k <= max_skip)
+        assert stream.samples_per_rank() == expected
+        keys = _keys(stream)
+        assert len(keys) == expected
+    assert ClipStream(video_set).samples_per_rank() == 18
+
+
+def test_weighted_mixing_of_two_sets(image_set, video_set):
+    only_first = ClipStream([image_set, video_set], weights=[1, 0])
+    keys = _keys(only_first)
+    assert len(keys) == only_first.samples_per_rank() == 23 + 18
+    assert all(key.startswith("0/") for key in keys)  # the image set, cycled to fill the epoch
+
+    mixed = ClipStream([image_set, video_set], weights=[1, 1], seed=1)
+    counts = Counter(key.split("/")[0] for key in _keys(mixed, workers=2))
+    assert sum(counts.values()) == mixed.samples_per_rank()
+    assert counts["0"] > 5 and counts["1"] > 5
+
+    pooled = ClipStream([image_set, video_set])
+    assert sorted(_keys(pooled)) == sorted(f"0/{k}" for k in _keys(ClipStream(image_set))) + sorted(
+        f"1/{k}" for k in _keys(ClipStream(video_set))
+    )

@@ -1,0 +1,78 @@
+"""Storage helpers against the local disk and a real S3 endpoint (moto's server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from datagen import storage
+from datagen.storage import StorageError, check_storage
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_local_atomic_write_leaves_only_the_file(tmp_path):
+    target = tmp_path / "deep" / "er" / "blob.bin"
+    storage.write_bytes_atomic(str(target), b"one")
+    storage.write_bytes_atomic(f"file://{target}", b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["blob.bin"]
+    assert storage.read_bytes(str(target)) == b"two" and storage.exists(str(target))
+    assert storage.join("s3://bucket/prefix/", "a", "/b.tar") == "s3://bucket/prefix/a/b.tar"
+
+
+def test_check_storage_local(tmp_path):
+    check_storage(str(tmp_path / "new" / "folder"))
+    assert (tmp_path / "new" / "folder").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="not a folder"):
+        check_storage(str(tmp_path / "file"))
+
+
+def test_s3_round_trip(s3_endpoint):
+    bucket = s3_endpoint.make_bucket("datagen-storage")
+    url = f"{bucket}/set/blob.bin"
+    check_storage(f"{bucket}/set")
+    storage.write_bytes_atomic(url, b"payload")
+    assert storage.exists(url) and storage.read_bytes(url) == b"payload"
+    storage.remove(url)
+    assert not storage.exists(url)
+
+
+def test_missing_bucket_fails_in_one_line(s3_endpoint):
+    with pytest.raises(StorageError) as error:
+        check_storage("s3://no-such-bucket-here/prefix")
+    message = str(error.value)
+    assert "no-such-bucket-here" in message and "does not exist" in message and "\n" not in message
+
+
+def test_unreachable_endpoint_fails_fast_in_one_line(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as error:
+        check_storage("s3://bucket/prefix")
+    message = str(error.value)
+    assert time.monotonic() - started < 20
+    assert "cannot be reached" in message and "\n" not in message
+    assert "testing-secret-value" not in message
+
+
+def test_missing_credentials_fail_in_one_line(monkeypatch, tmp_path):
+    for name in list(os.environ):
+        if name.startswith("AWS_") and name != "AWS_CA_BUNDLE":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(StorageError, match="no AWS credentials"):
+        check_storage("s3://bucket/prefix")
