@@ -232,6 +232,11 @@ class SequenceScorer:
 
     def add(self, frame: str, truth: np.ndarray, prediction: np.ndarray) -> None:
         check_sizes(f"{self.name}/{frame}", truth, prediction)
+        if int(prediction.max(initial=0)) > len(self.object_ids):  # the official code refuses too
+            raise FrameError(
+                f"{self.name}/{frame}: predicted object id {int(prediction.max())} but the "
+                f"sequence has {len(self.object_ids)} object(s)"
+            )
         index, self.added = self.added, self.added + 1
         if index == 0 or index == self.num_frames - 1:
             return

@@ -56,6 +56,7 @@ from pipelines.config import ConfigError, StrictModel, flatten, load_config
 from pipelines.davis_metrics import FrameError, SequenceScore, SequenceScorer, summarize
 from pipelines.eval_masks import DavisLayoutError, results_table, sequence_names
 from pipelines.masks_io import MaskError, encode_mask, list_frames, overlay, read_frame, read_mask
+from pipelines.model_io import load_model
 from pipelines.registry import (
     Evaluation,
     ModelSource,
@@ -151,8 +152,12 @@ def sequence_files(settings: EvaluationSettings) -> list[SequenceFiles]:
 def dataset_fingerprint(settings: EvaluationSettings) -> str:
     """sha256 of what decides the scores besides the model: every frame and mask, and the
     input resolution. Two evaluations are comparable only when their fingerprints are equal."""
-    digest = hashlib.sha256(json.dumps({"resolution": settings.resolution}).encode())
-    for sequence in sequence_files(settings):
+    return fingerprint_of(sequence_files(settings), settings.resolution)
+
+
+def fingerprint_of(files: list[SequenceFiles], resolution: str | float) -> str:
+    digest = hashlib.sha256(json.dumps({"resolution": resolution}).encode())
+    for sequence in files:
         digest.update(sequence.name.encode())
         for path in [*sequence.frames, *sequence.masks]:
             digest.update(path.name.encode())
@@ -574,12 +579,10 @@ def log_to_mlflow(
 
 def run(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate `config.model` on `config.data`; returns the report (also written and logged)."""
-    from pipelines.model_io import load_model
-
     files = sequence_files(config)  # a bad layout or an unknown model stops here, before any work
     mlflow.set_tracking_uri(resolve_tracking_uri(config.tracking.uri))  # models:/ and runs:/ too
     client, source = model_source(config) if config.tracking.log else (None, None)
-    fingerprint = dataset_fingerprint(config)
+    fingerprint = fingerprint_of(files, config.resolution)
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -36,6 +36,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field, model_validator
 from rich.console import Console
 
+from pipelines import evaluate
 from pipelines.config import ConfigError, StrictModel, load_config
 from pipelines.evaluate import EvaluationSettings
 from pipelines.registry import (
@@ -169,20 +170,20 @@ def _candidate(client: MlflowClient, config: PromoteConfig) -> tuple[str, str]:
 
 
 def _evaluate_if_needed(
-    client: MlflowClient, name: str, versions: list[str], settings: EvaluationSettings
+    client: MlflowClient, name: str, versions: list[str], config: PromoteConfig
 ) -> None:
     """Evaluate each version lacking a complete evaluation on the configured set."""
-    from pipelines import evaluate
-
-    fingerprint = evaluate.dataset_fingerprint(settings)
+    settings = config.evaluation.model_dump()
+    settings["tracking"]["uri"] = settings["tracking"]["uri"] or client.tracking_uri
+    fingerprint = evaluate.dataset_fingerprint(config.evaluation)
     for version in versions:
         recorded = evaluation_of(client.get_model_version(name, version))
         if recorded is not None and recorded.complete and recorded.fingerprint == fingerprint:
             continue
-        console.print(f"evaluating {name} version {version} on {settings.data}", highlight=False)
-        evaluate.run(
-            evaluate.EvaluateConfig(model=f"models:/{name}/{version}", **settings.model_dump())
+        console.print(
+            f"evaluating {name} version {version} on {config.evaluation.data}", highlight=False
         )
+        evaluate.run(evaluate.EvaluateConfig(model=f"models:/{name}/{version}", **settings))
 
 
 def run(config: PromoteConfig) -> Decision:
@@ -192,7 +193,7 @@ def run(config: PromoteConfig) -> Decision:
     champion = alias_version(client, name, CHAMPION)
     if config.evaluation is not None:
         versions = [version] + ([str(champion.version)] if champion else [])
-        _evaluate_if_needed(client, name, versions, config.evaluation)
+        _evaluate_if_needed(client, name, versions, config)
         champion = alias_version(client, name, CHAMPION)
 
     candidate_version = client.get_model_version(name, version)

@@ -34,14 +34,19 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "EVAL_TAG_PREFIX",
+    "Decision",
     "Evaluation",
+    "ModelSource",
     "RegistryError",
     "alias_version",
     "evaluation_of",
-    "registered_name",
+    "move_champion",
+    "record_decision",
     "register_run_model",
+    "registered_name",
     "resolve_model_uri",
     "set_evaluation_tags",
+    "version_tags_from_run",
 ]
 
 CHAMPION = "champion"
@@ -232,7 +237,7 @@ def _architecture_of(run: mlflow.entities.Run) -> str:
     return architecture
 
 
-def _config_json(client: MlflowClient, run: mlflow.entities.Run) -> str:
+def _config_json(run: mlflow.entities.Run) -> str:
     """The run's resolved config (its config/resolved.json artifact), else its params."""
     try:
         return mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config/resolved.json")
@@ -254,11 +259,9 @@ def _signature_json(model_uri: str) -> str:
     return json.dumps(info.signature.to_dict(), sort_keys=True)
 
 
-def version_tags_from_run(
-    client: MlflowClient, run: mlflow.entities.Run, model_uri: str
-) -> dict[str, str]:
+def version_tags_from_run(run: mlflow.entities.Run, model_uri: str) -> dict[str, str]:
     """The tags a version registered from `run` carries (see the module docstring)."""
-    tags = {"vos.config": _config_json(client, run), "vos.signature": _signature_json(model_uri)}
+    tags = {"vos.config": _config_json(run), "vos.signature": _signature_json(model_uri)}
     tags["vos.training_run_id"] = run.info.run_id
     for run_key, version_key in COPIED_RUN_TAGS.items():
         if run_key in run.data.tags:
@@ -284,7 +287,7 @@ def register_run_model(
     name = registered_name(model) if model else registered_name(_architecture_of(run))
     model_uri = f"runs:/{run_id}/{artifact_path}"
     with _same_server(client):
-        tags = version_tags_from_run(client, run, model_uri)
+        tags = version_tags_from_run(run, model_uri)
         try:
             client.get_registered_model(name)
         except MlflowException:

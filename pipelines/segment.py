@@ -33,8 +33,10 @@ from pydantic import Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from models import VideoSegmenter
 from pipelines.config import ConfigError, StrictModel, load_config
 from pipelines.masks_io import MaskError, list_frames, overlay, read_frame, read_mask, write_mask
+from pipelines.model_io import load_model
 
 __all__ = [
     "SegmentConfig",
@@ -104,21 +106,12 @@ def segment_video(
     Yields one `Step` per frame; the first carries `first_labels` themselves. Every frame
     must have the first frame's size.
     """
-    from models import VideoSegmenter
-
     segmenter = VideoSegmenter(net, device=device)
-    size = None
+    size = processing_size(*first_labels.shape, resolution)
     for index, frame in enumerate(frames):
-        if size is None:
-            size = processing_size(*frame.shape[:2], resolution)
-            if first_labels.shape != frame.shape[:2]:
-                raise MaskError(
-                    f"the first mask is {first_labels.shape[1]}x{first_labels.shape[0]} but the "
-                    f"frames are {frame.shape[1]}x{frame.shape[0]}"
-                )
-        elif frame.shape[:2] != first_labels.shape:
+        if frame.shape[:2] != first_labels.shape:
             raise MaskError(
-                f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
+                f"frame {index} is {frame.shape[1]}x{frame.shape[0]} but the first mask is "
                 f"{first_labels.shape[1]}x{first_labels.shape[0]}"
             )
         model_frame = _resize(frame, size, Image.Resampling.BILINEAR)
@@ -214,8 +207,6 @@ class OverlayWriter:
 
 def run(config: SegmentConfig) -> SegmentResult:
     """Segment `config.frames` from `config.mask`, writing masks (and an overlay) as it goes."""
-    from pipelines.model_io import load_model
-
     frame_paths = list_frames(config.frames)
     first_labels = read_mask(config.mask)
     if first_labels.max() == 0:

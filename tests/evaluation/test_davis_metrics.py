@@ -154,6 +154,12 @@ def test_objects_are_scored_one_by_one_and_averaged():
     assert summary["sequences"] == {"two": {"J": 0.5, "F": 0.5}}
 
 
+def test_an_object_id_beyond_the_ground_truth_is_refused():
+    truth = [np.ones((10, 12), np.uint8)] * 3
+    with pytest.raises(FrameError, match="s/00001: predicted object id 2 but the sequence has 1"):
+        score_sequence("s", truth, [truth[0], truth[0] * 2, truth[0]])
+
+
 def test_mismatched_frames_are_named():
     truth = [np.zeros((10, 12), np.uint8)] * 3
     with pytest.raises(FrameError, match="2 predicted frames for 3"):

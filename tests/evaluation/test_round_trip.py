@@ -57,6 +57,7 @@ def test_train_register_evaluate_promote_load_and_segment(
     name = f"gc-vos-round-trip-{uuid.uuid4().hex[:6]}"
     evaluation = EvaluationSettings(
         data=str(davis_subset),
+        sequences=["blackswan"],
         resolution="64p",
         device="cpu",
         threads=1,
