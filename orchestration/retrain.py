@@ -44,7 +44,7 @@ from rich.console import Console
 from datagen import storage
 from orchestration.lease import Lease, LeaseHeld
 from orchestration.ledger import Cycle, Ledger
-from pipelines import generate, ingest, promote, registry
+from pipelines import generate, ingest, promote, registry, tracking
 from pipelines.config import ConfigError, StrictModel, load_config
 from pipelines.evaluate import EvaluationSettings
 from pipelines.tracking import resolve_tracking_uri
@@ -206,7 +206,13 @@ class Workflow:
         if status != JobStatus.SUCCEEDED:
             tail = client.get_job_logs(job_id)[-1500:]
             raise RuntimeError(f"fine-tuning job {job_id} ended {status}: {tail}")
-        return {"job_id": job_id, "run_name": run_name, "run_id": self.run_id_of(run_name)}
+        return {
+            "job_id": job_id,
+            "run_name": run_name,
+            "run_id": tracking.run_id_by_name(
+                resolve_tracking_uri(self.config.tracking_uri), run_name
+            ),
+        }
 
     def finetune_entrypoint(self, cycle: Cycle, run_name: str) -> str:
         manifests = [cycle.steps["generate"]["manifest"], *self.config.replay.manifests]
@@ -227,19 +233,6 @@ class Workflow:
             *overrides,
         ]
         return shlex.join(command)
-
-    def run_id_of(self, run_name: str) -> str:
-        import mlflow
-
-        mlflow.set_tracking_uri(resolve_tracking_uri(self.config.tracking_uri))
-        runs = mlflow.search_runs(
-            search_all_experiments=True,
-            filter_string=f"tags.`vos.run_name` = '{run_name}'",
-            output_format="list",
-        )
-        if not runs:
-            raise RuntimeError(f"fine-tuning run {run_name} is not in MLflow")
-        return runs[0].info.run_id
 
     def register(self, cycle: Cycle) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient

@@ -208,3 +208,15 @@ class MetricBuffer:
         while self.pending:
             batch, self.pending = self.pending[:1000], self.pending[1000:]
             self.client.log_batch(self.run_id, metrics=batch)
+
+
+def run_id_by_name(tracking_uri: str, run_name: str) -> str:
+    """The MLflow run id of the training run called `run_name` (in any experiment)."""
+    runs = MlflowClient(tracking_uri).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri).search_experiments()],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        max_results=1,
+    )
+    if not runs:
+        raise LookupError(f"run {run_name} is not in MLflow at {tracking_uri}")
+    return runs[0].info.run_id

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from datagen import storage
 from datagen.procedural import write_procedural_images, write_procedural_videos
-from pipelines import evaluate, generate, promote, registry, segment
+from pipelines import evaluate, generate, promote, registry, segment, tracking
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluationSettings
 from vos.stack import DEFAULT_ROOT, LocalStack
@@ -131,14 +131,7 @@ def submit(stage: str, config_file: str, overrides: list[str]) -> None:
 
 
 def run_id_of(run_name: str) -> str:
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        filter_string=f"tags.`vos.run_name` = '{run_name}'",
-        output_format="list",
-    )
-    if not runs:
-        raise SystemExit(f"demo: run {run_name} is not in MLflow at {mlflow.get_tracking_uri()}")
-    return runs[0].info.run_id
+    return tracking.run_id_by_name(mlflow.get_tracking_uri(), run_name)
 
 
 def train(manifests: dict[str, str], storage_url: str, model: str, quick: bool) -> str:
