@@ -162,16 +162,18 @@ def measure_training(args: argparse.Namespace, config: PretrainConfig) -> dict:
     for _ in range(args.warmup):
         step()
     synchronize(device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     data_wait_s = 0.0
     for _ in track(range(args.steps), description="measuring", console=console):
         data_wait_s += step()
     synchronize(device)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started  # this process only, not the decoders
     clips = args.steps * args.batch_size
     return {
         "clips_per_s_per_worker": clips / seconds,
         "seconds_per_step": seconds / args.steps,
+        "cpu_seconds_per_step": cpu_seconds / args.steps,
         "data_wait_fraction": data_wait_s / seconds,
         "parameters_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30
