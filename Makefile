@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/vos: pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv>=0.9"
-	$(UV) sync --frozen --extra dev
+	$(UV) sync --frozen --extra dev --compile-bytecode
 	@touch $(BIN)/vos
 
 setup: $(BIN)/vos  ## install uv and the locked environment into .venv

@@ -39,7 +39,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric, Param
@@ -65,7 +64,7 @@ from pipelines.registry import (
     set_evaluation_tags,
 )
 from pipelines.segment import RESOLUTION_HELP, check_resolution, resolve_device, segment_video
-from pipelines.tracking import resolve_tracking_uri
+from pipelines.tracking import pointed_at, resolve_tracking_uri
 
 __all__ = [
     "EvaluateConfig",
@@ -580,7 +579,11 @@ def log_to_mlflow(
 def run(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate `config.model` on `config.data`; returns the report (also written and logged)."""
     files = sequence_files(config)  # a bad layout or an unknown model stops here, before any work
-    mlflow.set_tracking_uri(resolve_tracking_uri(config.tracking.uri))  # models:/ and runs:/ too
+    with pointed_at(resolve_tracking_uri(config.tracking.uri)):  # models:/ and runs:/ too
+        return _evaluate(config, files)
+
+
+def _evaluate(config: EvaluateConfig, files: list[SequenceFiles]) -> dict[str, Any]:
     client, source = model_source(config) if config.tracking.log else (None, None)
     fingerprint = fingerprint_of(files, config.resolution)
     device = resolve_device(config.device)

@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +38,7 @@ from pydantic import Field, model_validator
 from datagen import sources as datagen_sources
 from datagen.manifest import build_manifest, manifest_url, read_manifest, write_manifest
 from datagen.plan import plan_shards
-from datagen.shards import ShardSpec, build_shard
+from datagen.shards import ShardResult, ShardSpec, build_shard
 from datagen.storage import (
     StorageError,
     check_storage,
@@ -58,10 +59,13 @@ __all__ = [
     "OutputSection",
     "ProceduralSection",
     "RaySection",
+    "SetPlan",
     "SourceSection",
     "main",
+    "plan_set",
     "run",
     "start_local_ray",
+    "write_set_manifest",
 ]
 
 
@@ -313,13 +317,25 @@ def _run_tasks(ray, specs: list[ShardSpec], set_url: str, section: RaySection, p
     return results
 
 
-def run(config: GenerateConfig) -> dict:
-    """Run the job; returns the summary (also printed)."""
-    from tqdm import tqdm
+@dataclass
+class SetPlan:
+    """What a job will make: the scanned sources and one spec per shard."""
 
-    started = time.perf_counter()
-    set_url = config.output.set_url
-    check_storage(set_url)
+    config: GenerateConfig
+    found: datagen_sources.Scan
+    content: dict
+    content_hash: str
+    kind: str
+    settings: ClipSettings
+    specs: list[ShardSpec]
+
+    @property
+    def total_clips(self) -> int:
+        return sum(len(spec.clips) for spec in self.specs)
+
+
+def plan_set(config: GenerateConfig) -> SetPlan:
+    """Scan the source and plan every shard (no shard is made here)."""
     found = scan(config.source)
     if not found.sources:
         reasons = ", ".join(f"{s.source}: {s.reason}" for s in found.skipped[:3])
@@ -328,11 +344,9 @@ def run(config: GenerateConfig) -> dict:
             + (f" ({len(found.skipped)} skipped, e.g. {reasons})" if found.skipped else "")
         )
     content = config.content()
-    content_hash = config_hash(content)
-    _check_existing_set(set_url, content_hash, config.output.overwrite)
-
-    kind = "video" if config.source.is_video else "image"
     settings = config.clip_settings()
+    kind = "video" if config.source.is_video else "image"
+    content_hash = config_hash(content)
     planned = plan_shards(
         found.sources,
         clips_per_source=config.clips.clips_per_source,
@@ -344,17 +358,49 @@ def run(config: GenerateConfig) -> dict:
         ShardSpec(index, kind, tuple(clips), settings, content_hash, config.clips.jpeg_quality)
         for index, clips in enumerate(planned)
     ]
-    total_clips = sum(len(spec.clips) for spec in specs)
+    return SetPlan(config, found, content, content_hash, kind, settings, specs)
+
+
+def write_set_manifest(plan: SetPlan, results: list[ShardResult]) -> tuple[str, dict]:
+    """Write the manifest of a planned set whose shards are all made (last, so that readers
+    never see a set without every shard); returns its URL and the manifest."""
+    skipped = [(s.source, s.reason) for s in plan.found.skipped]
+    skipped += [tuple(pair) for result in results for pair in result.record["skipped"]]
+    manifest = build_manifest(
+        kind=plan.kind,
+        split=plan.config.output.split,
+        config=plan.content,
+        config_hash=plan.content_hash,
+        source_fingerprint=plan.found.fingerprint,
+        size=plan.settings.size,
+        frames=plan.settings.num_frames,
+        shard_records=[result.record for result in results],
+        skipped=skipped,
+    )
+    return write_manifest(plan.config.output.set_url, manifest), manifest
+
+
+def run(config: GenerateConfig) -> dict:
+    """Run the job; returns the summary (also printed)."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    set_url = config.output.set_url
+    check_storage(set_url)
+    plan = plan_set(config)
+    _check_existing_set(set_url, plan.content_hash, config.output.overwrite)
+    specs = plan.specs
     print(
-        f"generate: {len(found.sources)} {kind} sources, {len(found.skipped)} inputs skipped while scanning; "
-        f"{total_clips} clips in {len(specs)} shards -> {set_url}",
+        f"generate: {len(plan.found.sources)} {plan.kind} sources, {len(plan.found.skipped)} "
+        f"inputs skipped while scanning; {plan.total_clips} clips in {len(specs)} shards "
+        f"-> {set_url}",
         flush=True,
     )
 
     ray, started_ray = _init_ray(config.ray)
     try:
         with tqdm(
-            total=total_clips, unit="clip", desc="shards", mininterval=1.0, file=sys.stderr
+            total=plan.total_clips, unit="clip", desc="shards", mininterval=1.0, file=sys.stderr
         ) as bar:
             results = _run_tasks(
                 ray,
@@ -367,20 +413,7 @@ def run(config: GenerateConfig) -> dict:
         if started_ray:
             ray.shutdown()
 
-    skipped = [(s.source, s.reason) for s in found.skipped]
-    skipped += [tuple(pair) for result in results for pair in result.record["skipped"]]
-    manifest = build_manifest(
-        kind=kind,
-        split=config.output.split,
-        config=content,
-        config_hash=content_hash,
-        source_fingerprint=found.fingerprint,
-        size=settings.size,
-        frames=settings.num_frames,
-        shard_records=[result.record for result in results],
-        skipped=skipped,
-    )
-    location = write_manifest(set_url, manifest)
+    location, manifest = write_set_manifest(plan, results)
     seconds = time.perf_counter() - started
     made = sum(result.clips_made for result in results)
     summary = {
@@ -395,7 +428,7 @@ def run(config: GenerateConfig) -> dict:
         "clips_made": made,
         "seconds": round(seconds, 2),
         "clips_per_s": round(made / seconds, 2) if seconds > 0 else 0.0,
-        "config_hash": content_hash,
+        "config_hash": plan.content_hash,
     }
     print_summary(summary, manifest["skipped_examples"])
     return summary

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +26,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipelines import tracking
 from pipelines.train_config import REGISTERED_MODEL_NAMES
 
 __all__ = [
@@ -216,17 +215,6 @@ def set_evaluation_tags(
             client.delete_tag(run_id, key)
 
 
-@contextmanager
-def _same_server(client: MlflowClient) -> Iterator[None]:
-    """Point MLflow's fluent API at the client's tracking server for a while (then back)."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-
-
 def _architecture_of(run: mlflow.entities.Run) -> str:
     architecture = run.data.params.get("model.name")
     if architecture not in REGISTERED_MODEL_NAMES:
@@ -286,7 +274,7 @@ def register_run_model(
         raise RegistryError(f"run {run_id}: not found ({err.message.splitlines()[0]})") from None
     name = registered_name(model) if model else registered_name(_architecture_of(run))
     model_uri = f"runs:/{run_id}/{artifact_path}"
-    with _same_server(client):
+    with tracking.pointed_at(client.tracking_uri):
         tags = version_tags_from_run(run, model_uri)
         try:
             client.get_registered_model(name)

@@ -15,6 +15,8 @@ import os
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,30 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
 def _param_value(value: Any) -> str:
     text = str(value)
     return text if len(text) <= PARAM_VALUE_LIMIT else text[: PARAM_VALUE_LIMIT - 3] + "..."
+
+
+@contextmanager
+def pointed_at(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (and `models:/`, `runs:/` URIs) at `tracking_uri` for a while,
+    then back where it was, so that calling a stage leaves the caller's MLflow setup alone."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@contextmanager
+def resumed_run(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """Make `run_id` this process's active MLflow run, for APIs that log to the active run
+    (`mlflow.pyfunc.log_model`), whatever experiment or run the process had active before."""
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    # start_run refuses a run outside the active experiment, so that experiment becomes active
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        yield
 
 
 def finish_run(tracking_uri: str, run_id: str, succeeded: bool) -> None:

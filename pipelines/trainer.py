@@ -79,11 +79,17 @@ class TrainingResult:
 
 
 def run_training(config: TrainConfig, config_file: str | None = None) -> TrainingResult:
+    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
+    with tracking.pointed_at(tracking_uri):  # `models:/` start models resolve on that server
+        return _run_training(config, config_file, tracking_uri)
+
+
+def _run_training(
+    config: TrainConfig, config_file: str | None, tracking_uri: str
+) -> TrainingResult:
     started = time.monotonic()
     run_name = config.run_name()
     storage_path = config.storage_path()
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
-    mlflow.set_tracking_uri(tracking_uri)
     manifests = preflight(config, storage_path, tracking_uri)
     mlflow_run_id, resumed = tracking.open_run(
         tracking_uri, config.tracking.experiment, run_name, config, manifests, config_file
@@ -246,8 +252,7 @@ def build_trainer(
 def log_final_model(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint: str) -> str:
     """Log the final checkpoint's model to the run; returns its MLflow model URI."""
     net = model_io.load_model(checkpoint)
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with tracking.resumed_run(tracking_uri, run_id):
         model_uri = model_io.log_model(
             net,
             metadata={"vos_checkpoint": checkpoint, "vos_stage": config.stage},

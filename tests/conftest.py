@@ -22,6 +22,13 @@ import pytest
 from vos.stack import LocalStack, StackPorts, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Ray reads its token-auth settings once, when it is first imported, and test modules import it
+# while they are collected, before any fixture runs. So the test stack's folder (and with it
+# its token file) is chosen here, and exported before anything imports Ray.
+TEST_STACK_ROOT = Path(tempfile.mkdtemp(prefix="vos-test-stack-"))
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(LocalStack(TEST_STACK_ROOT).token_file)
 DAVIS_SAMPLE = Path(
     os.environ.get("VOS_TEST_DAVIS", REPO_ROOT.parent / "shared" / "data" / "davis2016-sample")
 )
@@ -116,8 +123,7 @@ def local_stack(s3_endpoint):
 
     Started after the S3 endpoint so that Ray workers and MLflow inherit its variables.
     """
-    root = Path(tempfile.mkdtemp(prefix="vos-test-stack-"))
-    stack = LocalStack(root)
+    stack = LocalStack(TEST_STACK_ROOT)
     state = stack.up(ports=StackPorts.free(), num_cpus=4)
     saved = {key: os.environ.get(key) for key in stack.client_env(state)}
     os.environ.update(stack.client_env(state))
@@ -130,7 +136,7 @@ def local_stack(s3_endpoint):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(TEST_STACK_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

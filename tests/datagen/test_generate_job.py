@@ -28,7 +28,8 @@ def ray_driver(ray_cluster):
     (`run` leaves a Ray it did not start connected)."""
     import ray
 
-    ray.init(address=ray_cluster.gcs_address)
+    if not ray.is_initialized():  # an earlier stage may have connected this process already
+        ray.init(address=ray_cluster.gcs_address)
     yield ray
     ray.shutdown()
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines import generate, promote, segment
+from pipelines import generate, pretrain, promote, segment
 from pipelines.config import load_config
 from pipelines.evaluate import EvaluationSettings
 from pipelines.masks_io import read_mask
@@ -26,10 +26,6 @@ from pipelines.train_config import PretrainConfig
 def test_train_register_evaluate_promote_load_and_segment(
     ray_cluster, mlflow_server, davis_subset, tmp_path
 ):
-    # imported here, not at collection: importing Ray before the ray_cluster fixture has set
-    # RAY_AUTH_MODE=token leaves this process unable to join the token-auth cluster
-    from pipelines import pretrain
-
     shards = tmp_path / "shards"
     generate.run(
         load_config(

@@ -41,7 +41,9 @@ def evaluation_settings(evaluation_set: Path, out: Path) -> EvaluationSettings:
 
 
 def make_champion(mlflow_server, evaluation_set: Path, out: Path) -> str:
-    """A first gc-vos version (a freshly initialised tiny net), promoted through the gate."""
+    """A gc-vos version (a freshly initialised tiny net), evaluated and made the champion.
+
+    Forced: other tests on the same server may already have crowned a better gc-vos."""
     from models import build_model
 
     mlflow.set_tracking_uri(mlflow_server.uri)
@@ -55,6 +57,8 @@ def make_champion(mlflow_server, evaluation_set: Path, out: Path) -> str:
             model="gc-vos",
             version=str(version.version),
             evaluation=evaluation_settings(evaluation_set, out),
+            force=True,
+            reason="the champion the retraining cycle has to beat",
         )
     )
     assert decision.moves_champion, decision

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from datagen.manifest import build_manifest, write_manifest
-from datagen.plan import plan_shards
-from datagen.shards import ShardSpec, build_shard
-from pipelines.config import config_hash, load_config
-from pipelines.generate import GenerateConfig, scan
+from datagen.shards import build_shard
+from pipelines.config import load_config
+from pipelines.generate import GenerateConfig, plan_set, write_set_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 EASY_IMAGE_SET = ["source.procedural.count=36", "clips.clips_per_shard=8"]
@@ -24,34 +22,9 @@ def write_shards(url: str, config_file: str, overrides: list[str]) -> str:
     config = load_config(
         GenerateConfig, REPO / "configs" / config_file, [f"output.url={url}", *overrides]
     )
-    found = scan(config.source)
-    content = config.content()
-    content_hash = config_hash(content)
-    settings = config.clip_settings()
-    kind = "video" if config.source.is_video else "image"
-    planned = plan_shards(
-        found.sources,
-        clips_per_source=config.clips.clips_per_source,
-        clips_per_shard=config.clips.clips_per_shard,
-        seed=config.seed,
-        num_clips=config.clips.num_clips,
-    )
-    results = [
-        build_shard(ShardSpec(index, kind, tuple(clips), settings, content_hash), url)
-        for index, clips in enumerate(planned)
-    ]
-    manifest = build_manifest(
-        kind=kind,
-        split=None,
-        config=content,
-        config_hash=content_hash,
-        source_fingerprint=found.fingerprint,
-        size=settings.size,
-        frames=settings.num_frames,
-        shard_records=[result.record for result in results],
-        skipped=[],
-    )
-    return write_manifest(url, manifest)
+    plan = plan_set(config)
+    results = [build_shard(spec, config.output.set_url) for spec in plan.specs]
+    return write_set_manifest(plan, results)[0]
 
 
 @pytest.fixture(scope="session")
@@ -84,16 +57,11 @@ def local_video_shards(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_driver(ray_cluster):
-    """This test process joined, as a Ray driver, to the stack's `ray start --head` cluster.
-
-    Ray caches its token-auth settings when it is imported, before the stack fixture exports
-    RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH; Ray's own test helper refreshes them first.
-    """
+    """This test process joined, as a Ray driver, to the stack's `ray start --head` cluster."""
     import ray
-    from ray._private.authentication_test_utils import reset_auth_token_state
 
-    reset_auth_token_state()
-    ray.init(address=ray_cluster.gcs_address, logging_level="WARNING")
+    if not ray.is_initialized():  # an earlier stage may have connected this process already
+        ray.init(address=ray_cluster.gcs_address, logging_level="WARNING")
     yield ray_cluster
     ray.shutdown()
 
