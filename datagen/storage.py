@@ -11,6 +11,7 @@ also becomes visible only when completed).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import uuid
@@ -27,6 +28,7 @@ __all__ = [
     "filesystem",
     "is_local",
     "join",
+    "local_copy",
     "local_path",
     "read_bytes",
     "remove",
@@ -124,6 +126,33 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         return
     fs, path = filesystem(url)
     fs.pipe_file(path, data)
+
+
+def local_copy(url: str, cache_root: str | Path | None = None) -> Path:
+    """A local folder with the contents of the folder at `url`: the folder itself when `url`
+    is local, else a mirror under `cache_root` (default `$VOS_CACHE` or ~/.cache/vos).
+
+    Repeated calls download only the files that are new or changed in size, and delete the
+    files that are gone, so a fixed evaluation set on S3 is fetched once per machine."""
+    if is_local(url):
+        return Path(local_path(url))
+    fs, root = filesystem(url)
+    listing = fs.find(root, detail=True)
+    if not listing:
+        raise StorageError(f"{url}: no files there (or it does not exist)")
+    cache_root = Path(cache_root or os.environ.get("VOS_CACHE") or Path.home() / ".cache" / "vos")
+    mirror = cache_root / "mirrors" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    wanted = {}
+    for remote, info in listing.items():
+        relative = remote[len(root) :].lstrip("/")
+        local = mirror / relative
+        wanted[local] = info
+        if not (local.is_file() and local.stat().st_size == info["size"]):
+            local.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(str(local), fs.cat_file(remote))
+    for stale in [path for path in mirror.rglob("*") if path.is_file() and path not in wanted]:
+        stale.unlink()
+    return mirror
 
 
 def check_storage(url: str, *, write: bool = True) -> None:

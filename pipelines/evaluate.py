@@ -77,7 +77,13 @@ __all__ = [
 
 console = Console()
 # storage endpoints forwarded to Ray workers (credentials come from each node's AWS chain)
-FORWARDED_ENV = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"]
+FORWARDED_ENV = [
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "VOS_CACHE",  # where an evaluation set on object storage is mirrored
+]
 
 
 class TrackingSettings(StrictModel):
@@ -91,7 +97,9 @@ class TrackingSettings(StrictModel):
 class EvaluationSettings(StrictModel):
     """How to evaluate (everything but the model); `vos promote` reuses it."""
 
-    data: str = Field(min_length=1, description="DAVIS root (JPEGImages/ and Annotations/)")
+    data: str = Field(
+        min_length=1, description="DAVIS root (JPEGImages/ and Annotations/): a path or s3:// URL"
+    )
     annotations: str = Field("480p", description="DAVIS resolution folder (480p | Full-Resolution)")
     sequences: list[str] | None = Field(None, description="sequence names (default: all)")
     resolution: str | float = Field("original", description=f"model input size: {RESOLUTION_HELP}")
@@ -125,10 +133,19 @@ class SequenceFiles:
     frames: list[Path]
     masks: list[Path]
 
+    def moved(self, old_root: Path, new_root: Path) -> SequenceFiles:
+        """The same files under another copy of the evaluation set."""
+        return SequenceFiles(
+            self.name,
+            [new_root / path.relative_to(old_root) for path in self.frames],
+            [new_root / path.relative_to(old_root) for path in self.masks],
+        )
+
 
 def sequence_files(settings: EvaluationSettings) -> list[SequenceFiles]:
-    """The frames and ground-truth masks of each sequence; one line when the layout is off."""
-    root = Path(settings.data)
+    """The frames and ground-truth masks of each sequence; one line when the layout is off.
+    A set on object storage (`s3://...`) is mirrored to a local cache first."""
+    root = storage.local_copy(settings.data)
     files = []
     for name in sequence_names(root, settings.sequences, settings.annotations):
         try:
@@ -257,8 +274,12 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}{place}"
 
 
-def _remote_evaluate_sequence(net, files, resolution, device, masks_url, threads):
+def _remote_evaluate_sequence(
+    net, files, data, driver_root, resolution, device, masks_url, threads
+):
     torch.set_num_threads(max(1, int(threads)))
+    if not storage.is_local(data):  # the driver's mirror is on its machine: mirror it here too
+        files = files.moved(driver_root, storage.local_copy(data))
     return evaluate_sequence(net, files, resolution, device, masks_url)
 
 
@@ -308,6 +329,7 @@ def _evaluate_on_ray(
         max_retries=1,
     )
     net_ref = ray.put(net.cpu())
+    driver_root = storage.local_copy(config.data)
     worker_device = "cuda" if device.startswith("cuda") else "cpu"
     pending, queued, done = {}, list(files), {}
     with _progress() as progress:
@@ -318,6 +340,8 @@ def _evaluate_on_ray(
                 ref = remote.remote(
                     net_ref,
                     sequence,
+                    config.data,
+                    driver_root,
                     config.resolution,
                     worker_device,
                     masks_url,

@@ -25,6 +25,7 @@ so the registry can serve it generically while `load_model` returns the torch mo
 from __future__ import annotations
 
 import io
+import re
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,6 +35,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
@@ -86,7 +88,12 @@ def _from_bytes(data: bytes, device: str | torch.device, where: str) -> torch.nn
 
 def _load_from_mlflow(uri: str, device: str | torch.device) -> torch.nn.Module:
     with tempfile.TemporaryDirectory(prefix="vos-model-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        try:  # the weights file only, not the whole pyfunc folder (code, environment files)
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=_weights_uri(uri), dst_path=tmp)
+            )
+        except (MlflowException, OSError):  # logged another way: look through the whole model
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         found = sorted(local.rglob(MODEL_FILE)) if local.is_dir() else [local]
         if not found:
             raise FileNotFoundError(
@@ -94,6 +101,16 @@ def _load_from_mlflow(uri: str, device: str | torch.device) -> torch.nn.Module:
                 "pipelines.model_io.log_model?"
             )
         return _from_bytes(found[0].read_bytes(), device, where=uri)
+
+
+def _weights_uri(uri: str) -> str:
+    """Where `log_model` put `model.pt` inside the model at `uri`."""
+    logged_model = re.fullmatch(r"models:/(m-[0-9a-f]+)/?", uri)
+    if logged_model:  # a logged model's id: its files sit at its artifact location
+        base = mlflow.get_logged_model(logged_model.group(1)).artifact_location
+    else:  # registry and run URIs take a path inside the model
+        base = uri.rstrip("/")
+    return f"{base}/artifacts/{MODEL_FILE}"
 
 
 def model_signature() -> ModelSignature:

@@ -36,8 +36,10 @@ from mlflow.tracking import MlflowClient
 from pydantic import Field, model_validator
 from rich.console import Console
 
+from datagen.storage import StorageError
 from pipelines import evaluate
 from pipelines.config import ConfigError, StrictModel, load_config
+from pipelines.eval_masks import DavisLayoutError
 from pipelines.evaluate import EvaluationSettings
 from pipelines.registry import (
     CHALLENGER,
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(PromoteConfig, args.config, overrides)
         decision = run(config)
-    except (ConfigError, RegistryError) as err:
+    except (ConfigError, RegistryError, DavisLayoutError, StorageError) as err:
         console.print(f"[red]promote: {err}[/red]", soft_wrap=True, highlight=False)
         return 1
     except MlflowException as err:

@@ -46,6 +46,25 @@ def test_s3_round_trip(s3_endpoint):
     assert not storage.exists(url)
 
 
+def test_a_folder_on_s3_is_mirrored_and_kept_in_step(s3_endpoint, tmp_path):
+    bucket = s3_endpoint.make_bucket("datagen-mirror")
+    for name, data in {"a/1.png": b"one", "a/2.png": b"two", "b.txt": b"bee"}.items():
+        storage.write_bytes_atomic(f"{bucket}/set/{name}", data)
+
+    mirror = storage.local_copy(f"{bucket}/set", cache_root=tmp_path)
+    files = {str(p.relative_to(mirror)): p.read_bytes() for p in mirror.rglob("*") if p.is_file()}
+    assert files == {"a/1.png": b"one", "a/2.png": b"two", "b.txt": b"bee"}
+
+    storage.write_bytes_atomic(f"{bucket}/set/a/1.png", b"changed")
+    storage.remove(f"{bucket}/set/b.txt")
+    assert storage.local_copy(f"{bucket}/set", cache_root=tmp_path) == mirror
+    assert (mirror / "a" / "1.png").read_bytes() == b"changed"
+    assert not (mirror / "b.txt").exists()
+    assert storage.local_copy(str(tmp_path)) == tmp_path  # a local folder is used in place
+    with pytest.raises(StorageError, match="no files there"):
+        storage.local_copy(f"{bucket}/nothing", cache_root=tmp_path)
+
+
 def test_missing_bucket_fails_in_one_line(s3_endpoint):
     with pytest.raises(StorageError) as error:
         check_storage("s3://no-such-bucket-here/prefix")

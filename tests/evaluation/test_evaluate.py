@@ -11,6 +11,7 @@ import uuid
 
 import mlflow
 import pytest
+import s3fs
 from mlflow.tracking import MlflowClient
 
 from pipelines import eval_masks, evaluate, promote, registry
@@ -146,27 +147,21 @@ def test_a_model_that_does_not_load_is_a_failed_evaluation(davis_subset, tmp_pat
     assert "JF_mean" not in report
 
 
-def test_sequences_spread_over_ray_workers(ray_cluster, tiny_model_file, davis_subset, tmp_path):
-    common = [
-        "--model",
-        str(tiny_model_file),
-        "--data",
-        str(davis_subset),
-        *FAST,
-        "tracking.log=false",
-    ]
-    assert (
-        evaluate.main(
-            [*common, f"out={tmp_path / 'local'}", "--json", str(tmp_path / "local.json")]
-        )
-        == 0
-    )
-    assert (
-        evaluate.main(
-            [*common, "workers=2", f"out={tmp_path / 'ray'}", "--json", str(tmp_path / "ray.json")]
-        )
-        == 0
-    )
+def test_sequences_spread_over_ray_workers_from_a_set_on_s3(
+    ray_cluster, s3_endpoint, tiny_model_file, davis_subset, tmp_path, monkeypatch
+):
+    bucket = s3_endpoint.make_bucket("evaluation-sets")
+    s3fs.S3FileSystem().put(f"{davis_subset}/", f"{bucket}/davis-subset/", recursive=True)
+    monkeypatch.setenv("VOS_CACHE", str(tmp_path / "cache"))  # forwarded to the Ray tasks
+    common = ["--model", str(tiny_model_file)]
+    settings = [*FAST, "tracking.log=false"]
+    local_run = ["--data", str(davis_subset), "--json", str(tmp_path / "local.json")]
+    assert evaluate.main([*common, *local_run, *settings, f"out={tmp_path / 'local'}"]) == 0
+    ray_run = ["--data", f"{bucket}/davis-subset", "--json", str(tmp_path / "ray.json")]
+    ray_settings = [*settings, "workers=2", f"out={tmp_path / 'ray'}"]
+    assert evaluate.main([*common, *ray_run, *ray_settings]) == 0
+    mirrored = list((tmp_path / "cache").rglob("*.png"))
+    assert len(mirrored) == len(list(davis_subset.rglob("*.png")))
     local = json.loads((tmp_path / "local.json").read_text())
     spread = json.loads((tmp_path / "ray.json").read_text())
     assert spread["status"] == "complete"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -57,14 +59,16 @@ def test_bad_places_fail_with_one_line(tmp_path):
         model_io.load_model(junk)
 
 
-def test_a_logged_model_loads_back_by_every_uri(mlflow_server):
+def test_a_logged_model_loads_back_by_every_uri(mlflow_server, tmp_path):
     net = tiny_net("stm", seed=5)
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_experiment("test-model-io")
     with mlflow.start_run() as run:
         model_uri = model_io.log_model(net, registered_model_name="test-model-io-stm")
     client = MlflowClient(mlflow_server.uri)
-    version = client.get_latest_versions("test-model-io-stm")[0].version
+    version = max(
+        int(v.version) for v in client.search_model_versions("name = 'test-model-io-stm'")
+    )
     client.set_registered_model_alias("test-model-io-stm", "champion", version)
 
     for uri in (
@@ -74,6 +78,11 @@ def test_a_logged_model_loads_back_by_every_uri(mlflow_server):
         "models:/test-model-io-stm@champion",
     ):
         assert_same_model(model_io.load_model(uri), net)
+        # load_model fetches the weights file alone, not the model's code and environment
+        weights = mlflow.artifacts.download_artifacts(
+            model_io._weights_uri(uri), dst_path=str(tmp_path / uri.split(":")[0])
+        )
+        assert Path(weights).name == model_io.MODEL_FILE and Path(weights).is_file()
 
     info = mlflow.models.get_model_info("models:/test-model-io-stm@champion")
     assert info.signature is not None
