@@ -132,13 +132,15 @@ class SequenceFiles:
     name: str
     frames: list[Path]
     masks: list[Path]
+    root: Path  # the local copy of the evaluation set that the paths are in
 
-    def moved(self, old_root: Path, new_root: Path) -> SequenceFiles:
+    def moved(self, new_root: Path) -> SequenceFiles:
         """The same files under another copy of the evaluation set."""
         return SequenceFiles(
             self.name,
-            [new_root / path.relative_to(old_root) for path in self.frames],
-            [new_root / path.relative_to(old_root) for path in self.masks],
+            [new_root / path.relative_to(self.root) for path in self.frames],
+            [new_root / path.relative_to(self.root) for path in self.masks],
+            new_root,
         )
 
 
@@ -161,7 +163,7 @@ def sequence_files(settings: EvaluationSettings) -> list[SequenceFiles]:
             raise DavisLayoutError(f"{name}: frame {unmatched[0]} has no ground-truth mask")
         if len(frames) < 3:
             raise DavisLayoutError(f"{name}: {len(frames)} frames; at least 3 are needed")
-        files.append(SequenceFiles(name, frames, [masks[frame.stem] for frame in frames]))
+        files.append(SequenceFiles(name, frames, [masks[frame.stem] for frame in frames], root))
     return files
 
 
@@ -274,12 +276,10 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}{place}"
 
 
-def _remote_evaluate_sequence(
-    net, files, data, driver_root, resolution, device, masks_url, threads
-):
+def _remote_evaluate_sequence(net, files, data, resolution, device, masks_url, threads):
     torch.set_num_threads(max(1, int(threads)))
     if not storage.is_local(data):  # the driver's mirror is on its machine: mirror it here too
-        files = files.moved(driver_root, storage.local_copy(data))
+        files = files.moved(storage.local_copy(data))
     return evaluate_sequence(net, files, resolution, device, masks_url)
 
 
@@ -329,7 +329,6 @@ def _evaluate_on_ray(
         max_retries=1,
     )
     net_ref = ray.put(net.cpu())
-    driver_root = storage.local_copy(config.data)
     worker_device = "cuda" if device.startswith("cuda") else "cpu"
     pending, queued, done = {}, list(files), {}
     with _progress() as progress:
@@ -341,7 +340,6 @@ def _evaluate_on_ray(
                     net_ref,
                     sequence,
                     config.data,
-                    driver_root,
                     config.resolution,
                     worker_device,
                     masks_url,
@@ -644,7 +642,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model", help="models:/gc-vos@champion, runs:/<id>/model, a checkpoint or .pt"
     )
-    parser.add_argument("--data", help="DAVIS root folder")
+    parser.add_argument("--data", help="DAVIS root: a folder or an s3:// URL")
     parser.add_argument("--json", help="also write the report to this local JSON file")
     parser.add_argument(
         "overrides", nargs="*", help="key=value config overrides (e.g. resolution=0.25)"
