@@ -148,7 +148,6 @@ def local_copy(url: str, cache_root: str | Path | None = None) -> Path:
         local = mirror / relative
         wanted[local] = info
         if not (local.is_file() and local.stat().st_size == info["size"]):
-            local.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(str(local), fs.cat_file(remote))
     for stale in [path for path in mirror.rglob("*") if path.is_file() and path not in wanted]:
         stale.unlink()

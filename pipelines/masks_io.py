@@ -13,13 +13,13 @@ A label mask is a uint8 array [H, W]: 0 = background, 1..K = objects. On disk it
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from datagen import storage
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -133,19 +133,7 @@ def encode_mask(labels: np.ndarray, where: str = "mask") -> bytes:
 
 def write_mask(path: str | Path, labels: np.ndarray) -> None:
     """Write a label mask as a palette PNG (DAVIS colours), atomically: never half a file."""
-    path = Path(path)
-    data = encode_mask(labels, where=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.stem}-", suffix=".png", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    storage.write_bytes_atomic(str(path), encode_mask(labels, where=str(path)))
 
 
 def list_frames(folder: str | Path) -> list[Path]:
