@@ -204,12 +204,12 @@ def pointed_at(tracking_uri: str) -> Iterator[None]:
 def resumed_run(tracking_uri: str, run_id: str) -> Iterator[None]:
     """Make `run_id` this process's active MLflow run, for APIs that log to the active run
     (`mlflow.pyfunc.log_model`), whatever experiment or run the process had active before."""
-    mlflow.set_tracking_uri(tracking_uri)
     experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
-    # start_run refuses a run outside the active experiment, so that experiment becomes active
-    mlflow.set_experiment(experiment_id=experiment_id)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        yield
+    with pointed_at(tracking_uri):
+        # start_run refuses a run outside the active experiment, so that experiment becomes active
+        mlflow.set_experiment(experiment_id=experiment_id)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            yield
 
 
 def finish_run(tracking_uri: str, run_id: str, succeeded: bool) -> None:
