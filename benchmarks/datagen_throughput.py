@@ -127,7 +127,7 @@ def stage_breakdown(sources: list, settings: ClipSettings, samples: int = 12) ->
 def ray_speedup(source: dict, clips: int, size: int, repeats: int, workdir: Path) -> dict:
     import ray
 
-    from pipelines.generate import GenerateConfig, run, start_local_ray
+    from datagen.generate import GenerateConfig, run, start_local_ray
 
     start_local_ray(ray, num_cpus=2)
     try:

@@ -35,13 +35,16 @@ if __package__ in (None, ""):
 from rich.console import Console
 from rich.table import Table
 
+from core.config import load_config
+from core.masks import read_mask
+from datagen import generate
 from datagen.procedural import write_procedural_videos
-from pipelines import evaluate, finetune, generate, pretrain
-from pipelines.config import load_config
-from pipelines.davis_metrics import score_sequence, summarize
-from pipelines.eval_masks import sequence_names
-from pipelines.masks_io import read_mask
-from pipelines.train_config import FinetuneConfig, PretrainConfig
+from evaluation.folders import sequence_names
+from evaluation.metrics import score_sequence, summarize
+from evaluation.runner import EvaluateConfig
+from registry import scores
+from training.config import FinetuneConfig, PretrainConfig
+from training.driver import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DAVIS = os.environ.get(
@@ -110,7 +113,7 @@ def train(args: argparse.Namespace, out: Path, tracking: list[str]) -> tuple[str
 
     common = [f"run.storage_path={out / 'runs'}", f"compute.num_workers={args.workers}", *tracking]
     started = time.monotonic()
-    pretrained = pretrain.run(
+    pretrained = run_training(
         load_config(
             PretrainConfig,
             REPO / "configs" / "pretrain_tiny.yaml",
@@ -123,7 +126,7 @@ def train(args: argparse.Namespace, out: Path, tracking: list[str]) -> tuple[str
     )
     timings["pretrain_s"] = time.monotonic() - started
     started = time.monotonic()
-    finetuned = finetune.run(
+    finetuned = run_training(
         load_config(
             FinetuneConfig,
             REPO / "configs" / "finetune_tiny.yaml",
@@ -142,7 +145,7 @@ def train(args: argparse.Namespace, out: Path, tracking: list[str]) -> tuple[str
 
 
 def evaluate_model(model: str, data: str, resolution: str, out: Path, tracking_uri: str) -> dict:
-    config = evaluate.EvaluateConfig(
+    config = EvaluateConfig(
         model=model,
         data=data,
         resolution=resolution,
@@ -151,7 +154,7 @@ def evaluate_model(model: str, data: str, resolution: str, out: Path, tracking_u
         out=str(out),
         tracking={"uri": tracking_uri, "experiment": "vos-benchmark-learning"},
     )
-    return evaluate.run(config)
+    return scores.run(config)
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:

@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --size full --device cuda --dtype bf16 --resolution 384
     python benchmarks/train_throughput.py --compare-loaders       # data only: WebDataset vs Ray Data
 
-It runs the training stage's own data path and step (`pipelines.train_loop`: `ClipStream`
+It runs the training stage's own data path and step (`training.loop`: `ClipStream`
 through a DataLoader with decoding workers, `exact_batches`, `train_step` with Adam, gradient
 clipping and, on GPUs, bf16 autocast and channels_last) in this process, as one Ray Train
 worker would, on procedural image clips written with `pipelines/generate.py` (or on
@@ -38,11 +38,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from core.config import load_config
+from datagen import generate
 from models import build_model
-from pipelines import generate
-from pipelines.config import load_config
-from pipelines.train_config import PretrainConfig
-from pipelines.train_loop import (
+from training.config import PretrainConfig
+from training.loop import (
     clip_stream,
     epoch_loader,
     exact_batches,
@@ -204,7 +204,7 @@ def ray_data_batches(manifest: str, batch_size: int, workers: int):
     import ray
     from torchvision.io import decode_jpeg, decode_png
 
-    from datagen import storage
+    from core import storage
     from datagen.manifest import manifest_url, read_manifest
 
     def decode(batch: dict) -> dict:

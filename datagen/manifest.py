@@ -27,7 +27,7 @@ import importlib.metadata
 import json
 from collections import Counter
 
-from datagen.storage import exists, join, read_bytes, write_bytes_atomic
+from core.storage import exists, join, read_bytes, write_bytes_atomic
 
 __all__ = [
     "FORMAT",

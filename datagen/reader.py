@@ -62,8 +62,8 @@ from torchvision.io import decode_jpeg, decode_png
 from webdataset import gopen_schemes
 from webdataset.tariterators import tarfile_samples
 
+from core.storage import filesystem
 from datagen.manifest import ManifestError, manifest_url, read_manifest, shard_url
-from datagen.storage import filesystem
 
 __all__ = ["ClipStream", "ManifestError", "read_manifest", "register_fsspec_opener"]
 

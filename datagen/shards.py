@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 from webdataset import TarWriter
 
+from core.storage import exists, join, read_bytes, write_bytes_atomic
 from datagen.plan import ClipPlan
 from datagen.sources import BadInput
-from datagen.storage import exists, join, read_bytes, write_bytes_atomic
 from datagen.synthesis import (
     NO_VALID_CROP,
     Clip,

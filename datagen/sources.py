@@ -28,8 +28,8 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
+from core.storage import filesystem, read_bytes
 from datagen import procedural
-from datagen.storage import filesystem, read_bytes
 
 __all__ = [
     "BAD_MASK_VALUES",

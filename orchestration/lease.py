@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from datagen import storage
+from core import storage
 
 __all__ = ["Lease", "LeaseHeld"]
 

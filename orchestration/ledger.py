@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from datagen import storage
+from core import storage
 
 __all__ = ["Cycle", "Ledger"]
 

@@ -5,14 +5,14 @@
 
 A cycle, each step only a call of a pipeline stage:
 
-1. find sequences under `incoming.url` that the ledger has not seen (pipelines.ingest); a bad
+1. find sequences under `incoming.url` that the ledger has not seen (orchestration.ingest); a bad
    one is quarantined with its reason, the rest go on;
-2. generate fine-tuning shards for them (pipelines.generate), mixed at training time with a
+2. generate fine-tuning shards for them (datagen.generate), mixed at training time with a
    replay sample of earlier data (`replay.manifests`);
 3. submit fine-tuning (pipelines/finetune.py) to Ray through the Jobs API, starting from the
    champion, and wait for it;
-4. register its model (pipelines.registry), evaluate it on the fixed evaluation set and
-   decide on promotion through the gate (pipelines.promote);
+4. register its model (registry.versions), evaluate it on the fixed evaluation set and
+   decide on promotion through the gate (registry.promotion);
 5. record in the ledger on object storage: which sequences, which job, which run, which
    model version, which decision.
 
@@ -41,13 +41,16 @@ if __package__ in (None, ""):
 from pydantic import Field
 from rich.console import Console
 
-from datagen import storage
+from core import storage
+from core.config import ConfigError, StrictModel, load_config
+from datagen import generate
+from evaluation.runner import EvaluationSettings
+from orchestration import ingest
 from orchestration.lease import Lease, LeaseHeld
 from orchestration.ledger import Cycle, Ledger
-from pipelines import generate, ingest, promote, registry, tracking
-from pipelines.config import ConfigError, StrictModel, load_config
-from pipelines.evaluate import EvaluationSettings
-from pipelines.tracking import resolve_tracking_uri
+from registry import promotion, versions
+from tracking import runs
+from tracking.runs import resolve_tracking_uri
 
 __all__ = ["RetrainConfig", "Stopped", "main", "run_cycle"]
 
@@ -209,9 +212,7 @@ class Workflow:
         return {
             "job_id": job_id,
             "run_name": run_name,
-            "run_id": tracking.run_id_by_name(
-                resolve_tracking_uri(self.config.tracking_uri), run_name
-            ),
+            "run_id": runs.run_id_by_name(resolve_tracking_uri(self.config.tracking_uri), run_name),
         }
 
     def finetune_entrypoint(self, cycle: Cycle, run_name: str) -> str:
@@ -221,7 +222,7 @@ class Workflow:
             *self.config.finetune.overrides,
             f"run.name={run_name}",
             f"model.name={self.config.model}",
-            f"init.model_uri=models:/{registry.registered_name(self.config.model)}@{registry.CHAMPION}",
+            f"init.model_uri=models:/{versions.registered_name(self.config.model)}@{versions.CHAMPION}",
             f"data.manifests={json.dumps(manifests)}",
             f"data.weights={json.dumps(weights)}",
         ]
@@ -238,15 +239,15 @@ class Workflow:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(resolve_tracking_uri(self.config.tracking_uri))
-        version = registry.register_run_model(
+        version = versions.register_run_model(
             client, cycle.steps["finetune"]["run_id"], model=self.config.model
         )
         return {"name": version.name, "version": str(version.version)}
 
     def promote(self, cycle: Cycle) -> dict[str, Any]:
         registered = cycle.steps["register"]
-        decision = promote.run(
-            promote.PromoteConfig(
+        decision = promotion.run(
+            promotion.PromoteConfig(
                 model=registered["name"],
                 version=registered["version"],
                 margin=self.config.margin,

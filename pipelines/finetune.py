@@ -7,8 +7,8 @@
 It starts from `init.model_uri` (a registered model such as models:/gc-vos@champion,
 runs:/<id>/model, a checkpoint folder or a .pt file) and grows the largest gap between the
 sampled frames every few epochs (`curriculum`). The same command runs on one CPU machine or
-many GPU nodes: workers, GPUs and storage come from the config (pipelines/train_config.py).
-Rerunning with the same `run.name` resumes from the run's last checkpoint. What happens, step by step: pipelines/trainer.py.
+many GPU nodes: workers, GPUs and storage come from the config (training/config.py).
+Rerunning with the same `run.name` resumes from the run's last checkpoint. What happens, step by step: training/driver.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_config
-from pipelines.train_config import FinetuneConfig
-from pipelines.trainer import TrainingResult, main_for, run_training
+from core.config import load_config
+from training.config import FinetuneConfig
+from training.driver import TrainingResult, main_for, run_training
 
 __all__ = ["main", "run"]
 

@@ -5,8 +5,8 @@
     vos pretrain --config configs/pretrain_tiny.yaml
 
 The same command runs on one CPU machine or many GPU nodes: workers, GPUs and storage come
-from the config (see pipelines/train_config.py). Rerunning with the same `run.name` resumes
-from the run's last checkpoint. What happens, step by step: pipelines/trainer.py.
+from the config (see training/config.py). Rerunning with the same `run.name` resumes
+from the run's last checkpoint. What happens, step by step: training/driver.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_config
-from pipelines.train_config import PretrainConfig
-from pipelines.trainer import TrainingResult, main_for, run_training
+from core.config import load_config
+from training.config import PretrainConfig
+from training.driver import TrainingResult, main_for, run_training
 
 __all__ = ["main", "run"]
 

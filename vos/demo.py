@@ -28,11 +28,14 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from datagen import storage
+from core import storage
+from core.config import load_config
+from datagen import generate
 from datagen.procedural import write_procedural_images, write_procedural_videos
-from pipelines import evaluate, generate, promote, registry, segment, tracking
-from pipelines.config import load_config
-from pipelines.evaluate import EvaluationSettings
+from evaluation import segment
+from evaluation.runner import EvaluateConfig, EvaluationSettings
+from registry import promotion, scores, versions
+from tracking import runs
 from vos.stack import DEFAULT_ROOT, LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +134,7 @@ def submit(stage: str, config_file: str, overrides: list[str]) -> None:
 
 
 def run_id_of(run_name: str) -> str:
-    return tracking.run_id_by_name(mlflow.get_tracking_uri(), run_name)
+    return runs.run_id_by_name(mlflow.get_tracking_uri(), run_name)
 
 
 def train(manifests: dict[str, str], storage_url: str, model: str, quick: bool) -> str:
@@ -160,16 +163,14 @@ def train(manifests: dict[str, str], storage_url: str, model: str, quick: bool) 
 def register_evaluate_promote(run_id: str, model: str, eval_set: Path, workdir: Path):
     """Register the run's model (challenger), evaluate it, and let the gate decide."""
     console.rule("register, evaluate, promote")
-    name = registry.registered_name(model)
-    version = registry.register_run_model(MlflowClient(), run_id, model=model).version
+    name = versions.registered_name(model)
+    version = versions.register_run_model(MlflowClient(), run_id, model=model).version
     settings = EvaluationSettings(
         data=str(eval_set), out=str(workdir / "eval" / "procedural"), device="cpu"
     )
-    report = evaluate.run(
-        evaluate.EvaluateConfig(model=f"models:/{name}/{version}", **settings.model_dump())
-    )
-    decision = promote.run(
-        promote.PromoteConfig(model=name, version=str(version), evaluation=settings)
+    report = scores.run(EvaluateConfig(model=f"models:/{name}/{version}", **settings.model_dump()))
+    decision = promotion.run(
+        promotion.PromoteConfig(model=name, version=str(version), evaluation=settings)
     )
     return name, report, decision
 
@@ -181,7 +182,7 @@ def evaluate_on_davis(model_uri: str, davis: Path, workdir: Path, quick: bool) -
         return None
     console.rule(f"evaluate on {davis.name}")
     sequences = sorted(path.name for path in (davis / "JPEGImages" / "480p").iterdir())
-    config = evaluate.EvaluateConfig(
+    config = EvaluateConfig(
         model=model_uri,
         data=str(davis),
         sequences=sequences[:1] if quick else sequences,
@@ -189,7 +190,7 @@ def evaluate_on_davis(model_uri: str, davis: Path, workdir: Path, quick: bool) -
         device="cpu",
         out=str(workdir / "eval" / "davis"),
     )
-    return evaluate.run(config)
+    return scores.run(config)
 
 
 def segment_one(model_uri: str, eval_set: Path, workdir: Path) -> segment.SegmentResult:
@@ -216,9 +217,9 @@ def print_summary(
     for label, data in (("procedural", report), ("davis", davis_report)):
         if not data:
             continue
-        for sequence, scores in data["sequences"].items():
-            table.add_row(label, sequence, f"{scores['J']:.3f}", f"{scores['F']:.3f}",
-                          f"{(scores['J'] + scores['F']) / 2:.3f}")  # fmt: skip
+        for sequence, row in data["sequences"].items():
+            table.add_row(label, sequence, f"{row['J']:.3f}", f"{row['F']:.3f}",
+                          f"{(row['J'] + row['F']) / 2:.3f}")  # fmt: skip
         table.add_row(label, "[bold]mean[/bold]", f"{data['J_mean']:.3f}", f"{data['F_mean']:.3f}",
                       f"[bold]{data['JF_mean']:.3f}[/bold]")  # fmt: skip
     console.print(table)

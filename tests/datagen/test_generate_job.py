@@ -13,9 +13,9 @@ import pytest
 import yaml
 from torch.utils.data import DataLoader
 
+from core.config import ConfigError, load_config
 from datagen.manifest import read_manifest
 from datagen.reader import ClipStream
-from pipelines.config import ConfigError, load_config
 from pipelines.generate import GenerateConfig, GenerateError, main, run
 from tests.datagen.conftest import GOOD_PAIRS, PLANTED_BAD
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from datagen import storage
-from datagen.storage import StorageError, check_storage
+from core import storage
+from core.storage import StorageError, check_storage
 
 
 def _closed_port() -> int:

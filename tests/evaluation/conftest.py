@@ -28,9 +28,9 @@ def davis_subset(davis_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
-    """An untrained tiny `gc` network saved with pipelines.model_io.save_model."""
+    """An untrained tiny `gc` network saved with tracking.model_store.save_model."""
     from models import build_model
-    from pipelines.model_io import save_model
+    from tracking.model_store import save_model
 
     path = tmp_path_factory.mktemp("tiny-model") / "tiny_gc.pt"
     save_model(build_model("gc", size="tiny", pretrained_backbone=False), path)
@@ -40,11 +40,11 @@ def tiny_model_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def logged_run(mlflow_server) -> str:
     """A run shaped like a training run: config params and artifact, commit and manifest tags,
-    and a tiny untrained model logged with pipelines.model_io.log_model."""
+    and a tiny untrained model logged with tracking.model_store.log_model."""
     import mlflow
 
     from models import build_model
-    from pipelines.model_io import log_model
+    from tracking.model_store import log_model
 
     mlflow.set_tracking_uri(mlflow_server.uri)
     # not mlflow.set_experiment: that would stay the process's active experiment for later tests

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipelines.davis_metrics import (
+from core.masks import read_mask
+from evaluation.metrics import (
     FrameError,
     boundary_f_measure,
     boundary_map,
@@ -19,7 +20,6 @@ from pipelines.davis_metrics import (
     statistics,
     summarize,
 )
-from pipelines.masks_io import read_mask
 from tests.evaluation.davis_reference import (
     official_db_statistics,
     official_f_measure,

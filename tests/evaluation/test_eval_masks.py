@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from core.masks import read_mask, write_mask
 from pipelines import eval_masks
-from pipelines.masks_io import read_mask, write_mask
 from tests.evaluation.davis_reference import official_scores
 
 

@@ -14,8 +14,12 @@ import pytest
 import s3fs
 from mlflow.tracking import MlflowClient
 
-from pipelines import eval_masks, evaluate, promote, registry
-from pipelines.masks_io import read_mask
+from core.masks import read_mask
+from evaluation.folders import score_folders
+from evaluation.report import json_report
+from evaluation.runner import dataset_fingerprint
+from pipelines import evaluate, promote
+from registry import versions
 
 FAST = ["resolution=64p", "device=cpu", "threads=1"]
 
@@ -28,7 +32,7 @@ def client(mlflow_server) -> MlflowClient:
 
 def new_version(client, logged_run) -> tuple[str, str]:
     name = f"gc-vos-eval-{uuid.uuid4().hex[:8]}"
-    version = registry.register_run_model(client, logged_run, model=name)
+    version = versions.register_run_model(client, logged_run, model=name)
     return name, str(version.version)
 
 
@@ -53,12 +57,12 @@ def test_evaluates_a_registered_version_and_records_it(client, logged_run, davis
     assert 0 <= report["J_mean"] <= 1 and 0 <= report["F_mean"] <= 1
     assert report["fps"] > 0 and report["peak_memory_mb"] > 0 and report["state_mb"] > 0
     settings = evaluate.EvaluateConfig(model="x", data=str(davis_subset), resolution="64p")
-    assert report["fingerprint"] == evaluate.dataset_fingerprint(settings)
+    assert report["fingerprint"] == dataset_fingerprint(settings)
 
     # the masks written are full-size, named like the frames, and score the same through eval-masks
     masks = sorted((out / "masks" / "blackswan").glob("*.png"))
     assert len(masks) == 8 and read_mask(masks[3]).shape == (480, 854)
-    rescored = eval_masks.json_report(eval_masks.score_folders(out / "masks", davis_subset))
+    rescored = json_report(score_folders(out / "masks", davis_subset))
     assert rescored["JF_mean"] == pytest.approx(report["JF_mean"])
     assert json.loads((out / "report.json").read_text())["JF_mean"] == report["JF_mean"]
 
@@ -99,12 +103,12 @@ def test_partial_evaluation_is_reported_and_never_promotes(
         == 0
     )
     assert promote.main(["--model", name, "--version", first]) == 0
-    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == first
+    assert client.get_model_version_by_alias(name, versions.CHAMPION).version == first
 
     broken = tmp_path / "broken"
     shutil.copytree(davis_subset, broken)
     (broken / "JPEGImages" / "480p" / "car-shadow" / "00004.jpg").write_bytes(b"\xff\xd8 cut short")
-    name_version = registry.register_run_model(client, logged_run, model=name)
+    name_version = versions.register_run_model(client, logged_run, model=name)
     second = str(name_version.version)
     report_file = tmp_path / "partial.json"
     argv = [
@@ -125,7 +129,7 @@ def test_partial_evaluation_is_reported_and_never_promotes(
     assert client.get_model_version(name, second).tags["eval.status"] == "partial"
 
     assert promote.main(["--model", name]) == 0  # decides on the challenger: kept
-    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == first
+    assert client.get_model_version_by_alias(name, versions.CHAMPION).version == first
     assert (
         "evaluation is partial" in client.get_model_version(name, second).tags["promotion.reason"]
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.masks_io import (
+from core.masks import (
     MaskError,
     davis_palette,
     list_frames,

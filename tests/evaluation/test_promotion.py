@@ -14,9 +14,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import promote, registry
-from pipelines.config import ConfigError, load_config
-from pipelines.registry import CHALLENGER, CHAMPION, Evaluation
+from core.config import ConfigError, load_config
+from pipelines import promote
+from registry import versions
+from registry.versions import CHALLENGER, CHAMPION, Evaluation
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,12 @@ def new_model_name() -> str:
 
 
 def register(client, run_id, name, jf=None, status="complete", fingerprint="set-A") -> str:
-    version = registry.register_run_model(client, run_id, model=name)
+    version = versions.register_run_model(client, run_id, model=name)
     if jf is not None or status != "complete":
         evaluation = Evaluation(
             status=status, jf_mean=jf, j_mean=jf, f_mean=jf, fingerprint=fingerprint
         )
-        registry.set_evaluation_tags(
+        versions.set_evaluation_tags(
             client, evaluation, {"status": status}, name, str(version.version), None
         )
     return str(version.version)
@@ -53,7 +54,7 @@ def decide(client, name, **settings):
 
 def test_a_version_carries_config_manifests_commit_and_signature(client, logged_run):
     name = new_model_name()
-    version = registry.register_run_model(client, logged_run, model=name)
+    version = versions.register_run_model(client, logged_run, model=name)
     tags = version.tags
     assert json.loads(tags["vos.config"])["model"]["name"] == "gc"
     assert tags["vos.git_commit"] == "0123abcd"
@@ -65,9 +66,9 @@ def test_a_version_carries_config_manifests_commit_and_signature(client, logged_
 
 
 def test_architecture_names_map_to_registered_models():
-    assert registry.registered_name("gc") == "gc-vos"
-    assert registry.registered_name("gvos_scm") == "gvos-scm-vos"
-    assert registry.registered_name("stm-vos") == "stm-vos"
+    assert versions.registered_name("gc") == "gc-vos"
+    assert versions.registered_name("gvos_scm") == "gvos-scm-vos"
+    assert versions.registered_name("stm-vos") == "stm-vos"
 
 
 def test_the_gate(client, logged_run, monkeypatch):

@@ -13,13 +13,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from core.config import load_config
+from core.masks import read_mask
+from evaluation.runner import EvaluationSettings
 from pipelines import generate, pretrain, promote, segment
-from pipelines.config import load_config
-from pipelines.evaluate import EvaluationSettings
-from pipelines.masks_io import read_mask
-from pipelines.model_io import load_model
-from pipelines.registry import CHALLENGER, CHAMPION
-from pipelines.train_config import PretrainConfig
+from registry.versions import CHALLENGER, CHAMPION
+from tracking.model_store import load_model
+from training.config import PretrainConfig
 
 
 @pytest.mark.slow

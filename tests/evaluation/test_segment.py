@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.masks import read_mask
+from evaluation.segment import processing_size
 from pipelines import segment
-from pipelines.masks_io import read_mask
 
 
 def frames_and_mask(davis_subset, sequence="blackswan"):
@@ -41,11 +42,11 @@ def test_segments_a_sequence_with_overlay(davis_subset, tiny_model_file, tmp_pat
 
 
 def test_processing_size():
-    assert segment.processing_size(480, 854, "original") == (480, 854)
-    assert segment.processing_size(480, 854, "120p") == (120, 214)
-    assert segment.processing_size(480, 854, 0.5) == (240, 427)
+    assert processing_size(480, 854, "original") == (480, 854)
+    assert processing_size(480, 854, "120p") == (120, 214)
+    assert processing_size(480, 854, 0.5) == (240, 427)
     with pytest.raises(ValueError, match="resolution must be"):
-        segment.processing_size(480, 854, "huge")
+        processing_size(480, 854, "huge")
 
 
 def error_line(capsys, argv) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from datagen.procedural import write_procedural_videos
-from pipelines.ingest import find_sequences
+from orchestration.ingest import find_sequences
 
 
 def test_each_bad_sequence_gets_its_reason_and_the_rest_are_usable(tmp_path):

@@ -20,10 +20,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from datagen.procedural import write_procedural_videos
+from evaluation.runner import EvaluationSettings
 from orchestration.ledger import Ledger
-from pipelines import promote, registry
-from pipelines.evaluate import EvaluationSettings
-from pipelines.model_io import log_model
+from pipelines import promote
+from registry import versions
+from tracking.model_store import log_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FRAME_SIZE = (96, 64)
@@ -51,7 +52,7 @@ def make_champion(mlflow_server, evaluation_set: Path, out: Path) -> str:
     with mlflow.start_run(run_name="seed-champion") as run:
         log_model(build_model("gc", size="tiny"))
     client = MlflowClient(mlflow_server.uri)
-    version = registry.register_run_model(client, run.info.run_id, model="gc")
+    version = versions.register_run_model(client, run.info.run_id, model="gc")
     decision = promote.run(
         promote.PromoteConfig(
             model="gc-vos",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
+from datagen.generate import GenerateConfig, plan_set, write_set_manifest
 from datagen.shards import build_shard
-from pipelines.config import load_config
-from pipelines.generate import GenerateConfig, plan_set, write_set_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 EASY_IMAGE_SET = ["source.procedural.count=36", "clips.clips_per_shard=8"]
@@ -84,7 +84,7 @@ def tiny_config(schema, config_file: str, *overrides: str):
 def s3_pretrain_run(s3_image_shards, s3_endpoint, ray_driver, mlflow_server):
     """(config, TrainingResult) of a 2-worker pretraining run with shards and checkpoints on S3."""
     from pipelines import pretrain
-    from pipelines.train_config import PretrainConfig
+    from training.config import PretrainConfig
 
     bucket = s3_endpoint.make_bucket("training-runs")
     config = tiny_config(

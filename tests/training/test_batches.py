@@ -6,7 +6,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from datagen.reader import ClipStream
-from pipelines.train_loop import exact_batches
+from training.loop import exact_batches
 
 
 @pytest.mark.parametrize(("batch_size", "loader_workers"), [(3, 2), (5, 0)])

@@ -14,9 +14,9 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
+from core.config import load_config
 from pipelines import pretrain
-from pipelines.config import load_config
-from pipelines.train_config import PretrainConfig
+from training.config import PretrainConfig
 
 CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "pretrain_tiny.yaml"
 CHECKPOINT_EVERY = 4

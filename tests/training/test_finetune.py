@@ -11,10 +11,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from webdataset.tariterators import tarfile_samples
 
-from datagen import storage
+from core import storage
 from models import build_model
-from pipelines import finetune, model_io
-from pipelines.train_config import FinetuneConfig
+from pipelines import finetune
+from tracking import model_store
+from training.config import FinetuneConfig
 
 REGISTERED = "test-training-gc"
 LIMITS = [2, 3, 4]  # the curriculum below: max_skip of epochs 0, 1, 2
@@ -79,8 +80,8 @@ def test_finetuning_starts_from_the_champion_and_follows_the_curriculum(
     assert sorted({int(metric.value) for metric in history}) == LIMITS
 
     # the run started from the champion's weights, not from a new network
-    champion = model_io.load_model(f"models:/{REGISTERED}@champion")
-    finetuned = model_io.load_model(result.checkpoint)
+    champion = model_store.load_model(f"models:/{REGISTERED}@champion")
+    finetuned = model_store.load_model(result.checkpoint)
     torch.manual_seed(pretrain_config.data.seed)
     fresh = build_model("gc", size="tiny")
     assert distance(finetuned, champion) < 0.5 * distance(fresh, champion)

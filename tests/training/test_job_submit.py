@@ -12,7 +12,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from models import VOSNetwork
-from pipelines import model_io
+from tracking import model_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,4 +59,4 @@ def test_ray_job_submit_runs_pretraining_and_logs_to_mlflow(
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "gc"
     assert "train/loss" in run.data.metrics
-    assert isinstance(model_io.load_model(f"runs:/{run.info.run_id}/model"), VOSNetwork)
+    assert isinstance(model_store.load_model(f"runs:/{run.info.run_id}/model"), VOSNetwork)

@@ -1,4 +1,4 @@
-"""pipelines.model_io: every place a model lives gives back the project's own model class."""
+"""tracking.model_store: every place a model lives gives back the project's own model class."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from models import VOSNetwork, build_model
-from pipelines import model_io
+from tracking import model_store
 
 
 def tiny_net(name: str = "gc", seed: int = 0) -> VOSNetwork:
@@ -31,32 +31,32 @@ def assert_same_model(loaded: torch.nn.Module, original: torch.nn.Module) -> Non
 @pytest.mark.parametrize("name", ["gc", "gvos_scm", "stm"])
 def test_a_pt_file_and_a_checkpoint_folder_load_back(tmp_path, name):
     net = tiny_net(name)
-    model_io.save_model(net, tmp_path / "model.pt")
-    assert_same_model(model_io.load_model(tmp_path / "model.pt"), net)
+    model_store.save_model(net, tmp_path / "model.pt")
+    assert_same_model(model_store.load_model(tmp_path / "model.pt"), net)
     folder = tmp_path / "checkpoint"
-    model_io.save_model(net, folder)
-    assert_same_model(model_io.load_model(folder), net)
+    model_store.save_model(net, folder)
+    assert_same_model(model_store.load_model(folder), net)
 
 
 def test_a_model_on_s3_loads_back(s3_endpoint):
     bucket = s3_endpoint.make_bucket("model-io")
     net = tiny_net(seed=3)
-    url = model_io.save_model(net, f"{bucket}/runs/r1/checkpoint-step-000000010")
+    url = model_store.save_model(net, f"{bucket}/runs/r1/checkpoint-step-000000010")
     assert url == f"{bucket}/runs/r1/checkpoint-step-000000010/model.pt"
-    assert_same_model(model_io.load_model(f"{bucket}/runs/r1/checkpoint-step-000000010"), net)
+    assert_same_model(model_store.load_model(f"{bucket}/runs/r1/checkpoint-step-000000010"), net)
 
 
 def test_bad_places_fail_with_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model file at"):
-        model_io.load_model(tmp_path / "nothing-here")
+        model_store.load_model(tmp_path / "nothing-here")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="is not a readable model file") as raised:
-        model_io.load_model(junk)
+        model_store.load_model(junk)
     assert len(str(raised.value).splitlines()) == 1
     torch.save({"weights": torch.zeros(1)}, junk)
     with pytest.raises(ValueError, match="not a vos-model/1 file written by save_model"):
-        model_io.load_model(junk)
+        model_store.load_model(junk)
 
 
 def test_a_logged_model_loads_back_by_every_uri(mlflow_server, tmp_path):
@@ -64,7 +64,7 @@ def test_a_logged_model_loads_back_by_every_uri(mlflow_server, tmp_path):
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_experiment("test-model-io")
     with mlflow.start_run() as run:
-        model_uri = model_io.log_model(net, registered_model_name="test-model-io-stm")
+        model_uri = model_store.log_model(net, registered_model_name="test-model-io-stm")
     client = MlflowClient(mlflow_server.uri)
     version = max(
         int(v.version) for v in client.search_model_versions("name = 'test-model-io-stm'")
@@ -77,12 +77,12 @@ def test_a_logged_model_loads_back_by_every_uri(mlflow_server, tmp_path):
         f"models:/test-model-io-stm/{version}",
         "models:/test-model-io-stm@champion",
     ):
-        assert_same_model(model_io.load_model(uri), net)
+        assert_same_model(model_store.load_model(uri), net)
         # load_model fetches the weights file alone, not the model's code and environment
         weights = mlflow.artifacts.download_artifacts(
-            model_io._weights_uri(uri), dst_path=str(tmp_path / uri.split(":")[0])
+            model_store._weights_uri(uri), dst_path=str(tmp_path / uri.split(":")[0])
         )
-        assert Path(weights).name == model_io.MODEL_FILE and Path(weights).is_file()
+        assert Path(weights).name == model_store.MODEL_FILE and Path(weights).is_file()
 
     info = mlflow.models.get_model_info("models:/test-model-io-stm@champion")
     assert info.signature is not None
@@ -94,7 +94,7 @@ def test_the_pyfunc_model_segments_a_video(mlflow_server):
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_experiment("test-model-io")
     with mlflow.start_run():
-        model_uri = model_io.log_model(tiny_net("gc"))
+        model_uri = model_store.log_model(tiny_net("gc"))
     frames = np.random.default_rng(0).integers(0, 255, size=(3, 64, 64, 3), dtype=np.uint8)
     first_labels = np.zeros((64, 64), dtype=np.uint8)
     first_labels[20:40, 20:40] = 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.train_config import FinetuneConfig, PretrainConfig
-from pipelines.trainer import PreflightError, run_training
+from training.config import FinetuneConfig, PretrainConfig
+from training.driver import PreflightError, run_training
 
 NO_RAY = "cluster.address=127.0.0.1:1"  # were Ray touched, the error would be a connection error
 

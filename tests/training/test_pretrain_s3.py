@@ -13,11 +13,12 @@ import io
 import torch
 from mlflow.tracking import MlflowClient
 
-from datagen import storage
+from core import storage
 from datagen.reader import ClipStream
 from models import VOSNetwork
-from pipelines import model_io, pretrain
-from pipelines.train_config import PretrainConfig
+from pipelines import pretrain
+from tracking import model_store
+from training.config import PretrainConfig
 
 
 def loss_history(result) -> list[float]:
@@ -77,7 +78,7 @@ def test_checkpoints_go_to_s3_and_only_the_last_k_stay(s3_pretrain_run):
     saved = sorted({*range(every, total + 1, every), total})  # every N steps and at the end
     assert names == [f"checkpoint-step-{step:09d}" for step in saved[-keep:]]
     assert result.checkpoint == storage.join(config.storage_path(), result.run_name, names[-1])
-    assert isinstance(model_io.load_model(result.checkpoint), VOSNetwork)
+    assert isinstance(model_store.load_model(result.checkpoint), VOSNetwork)
 
 
 def test_the_mlflow_run_holds_params_metrics_tags_and_the_model(s3_pretrain_run, s3_image_shards):
@@ -101,12 +102,12 @@ def test_the_mlflow_run_holds_params_metrics_tags_and_the_model(s3_pretrain_run,
     artifacts = [item.path for item in client.list_artifacts(result.mlflow_run_id, "config")]
     assert "config/pretrain_tiny.yaml" in artifacts and "config/resolved.json" in artifacts
 
-    logged = model_io.load_model(f"runs:/{result.mlflow_run_id}/model")
-    final = model_io.load_model(result.checkpoint)
+    logged = model_store.load_model(f"runs:/{result.mlflow_run_id}/model")
+    final = model_store.load_model(result.checkpoint)
     assert type(logged) is type(final) and logged.config == final.config
     for key, value in logged.state_dict().items():
         assert torch.equal(value, final.state_dict()[key]), key
-    assert model_io.load_model(result.model_uri).config == final.config
+    assert model_store.load_model(result.model_uri).config == final.config
 
 
 def test_a_rerun_with_the_same_name_resumes_with_its_optimizer_state(s3_pretrain_run):

@@ -9,7 +9,7 @@ import uuid
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
+from tracking import runs
 
 
 def test_a_resumed_run_gets_the_logs_while_another_run_is_active(mlflow_server):
@@ -20,7 +20,7 @@ def test_a_resumed_run_gets_the_logs_while_another_run_is_active(mlflow_server):
     mlflow.set_tracking_uri(mlflow_server.uri)
     mlflow.set_experiment(f"notebook-{uuid.uuid4().hex}")
     with mlflow.start_run() as notebook_run:
-        with tracking.resumed_run(mlflow_server.uri, run_id):
+        with runs.resumed_run(mlflow_server.uri, run_id):
             mlflow.log_param("logged_to", "training run")
         assert mlflow.active_run().info.run_id == notebook_run.info.run_id
 
@@ -31,12 +31,12 @@ def test_a_resumed_run_gets_the_logs_while_another_run_is_active(mlflow_server):
 def test_pointing_at_a_server_is_undone_afterwards(mlflow_server, tmp_path):
     elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
     mlflow.set_tracking_uri(mlflow_server.uri)
-    with tracking.pointed_at(elsewhere):
+    with runs.pointed_at(elsewhere):
         assert mlflow.get_tracking_uri() == elsewhere
     assert mlflow.get_tracking_uri() == mlflow_server.uri
 
     try:
-        with tracking.pointed_at(elsewhere):
+        with runs.pointed_at(elsewhere):
             raise KeyError("a stage that fails")
     except KeyError:
         pass

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from pipelines.train_config import FinetuneConfig, PretrainConfig
+from core.config import ConfigError, load_config
+from training.config import FinetuneConfig, PretrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -17,8 +17,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Literal
 
+from core.storage import filesystem
 from datagen import sources
-from datagen.storage import filesystem
 
 __all__ = ["IncomingSequence", "find_sequences"]
 

@@ -12,7 +12,7 @@
    restarts from the latest checkpoint) and `CheckpointConfig(num_to_keep)`. Ray Train V2
    has no `Trainer.restore`: a run resumes when it is started again with the same name and
    storage path, which is why every run gets a unique name unless one is given;
-4. after `fit()`: loads the final checkpoint, logs the model with `model_io.log_model`, closes
+4. after `fit()`: loads the final checkpoint, logs the model with `model_store.log_model`, closes
    the MLflow run and returns a `TrainingResult` (run name, MLflow run id, checkpoint URL,
    model URI, final metrics) for the evaluation and promotion stages.
 """
@@ -40,13 +40,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from datagen import storage
+from core import storage
+from core.config import ConfigError, load_config
 from datagen.manifest import manifest_url, read_manifest
 from datagen.reader import ClipStream
-from pipelines import model_io, tracking
-from pipelines.config import ConfigError, load_config
-from pipelines.train_config import TrainConfig
-from pipelines.train_loop import train_loop_per_worker
+from tracking import model_store, runs
+from training.config import TrainConfig
+from training.loop import train_loop_per_worker
 
 __all__ = ["PreflightError", "TrainingResult", "build_trainer", "main_for", "run_training"]
 
@@ -79,8 +79,8 @@ class TrainingResult:
 
 
 def run_training(config: TrainConfig, config_file: str | None = None) -> TrainingResult:
-    tracking_uri = tracking.resolve_tracking_uri(config.tracking.uri)
-    with tracking.pointed_at(tracking_uri):  # `models:/` start models resolve on that server
+    tracking_uri = runs.resolve_tracking_uri(config.tracking.uri)
+    with runs.pointed_at(tracking_uri):  # `models:/` start models resolve on that server
         return _run_training(config, config_file, tracking_uri)
 
 
@@ -91,7 +91,7 @@ def _run_training(
     run_name = config.run_name()
     storage_path = config.storage_path()
     manifests = preflight(config, storage_path, tracking_uri)
-    mlflow_run_id, resumed = tracking.open_run(
+    mlflow_run_id, resumed = runs.open_run(
         tracking_uri, config.tracking.experiment, run_name, config, manifests, config_file
     )
     console.print(
@@ -106,9 +106,9 @@ def _run_training(
         checkpoint = storage.join(storage_path, run_name, os.path.basename(result.checkpoint.path))
         model_uri = log_final_model(config, tracking_uri, mlflow_run_id, checkpoint)
     except BaseException:
-        tracking.finish_run(tracking_uri, mlflow_run_id, succeeded=False)
+        runs.finish_run(tracking_uri, mlflow_run_id, succeeded=False)
         raise
-    tracking.finish_run(tracking_uri, mlflow_run_id, succeeded=True)
+    runs.finish_run(tracking_uri, mlflow_run_id, succeeded=True)
     outcome = TrainingResult(
         run_name=run_name,
         mlflow_run_id=mlflow_run_id,
@@ -127,13 +127,13 @@ def _run_training(
 
 def preflight(
     config: TrainConfig, storage_path: str, tracking_uri: str
-) -> list[tracking.ManifestRecord]:
+) -> list[runs.ManifestRecord]:
     """Check what the config points to; returns the manifests as the run records them."""
     try:
         storage.check_storage(storage_path)
     except Exception as err:
         raise PreflightError(f"run.storage_path = {storage_path!r}: {one_line(err)}") from None
-    if not tracking.server_reachable(tracking_uri):
+    if not runs.server_reachable(tracking_uri):
         raise PreflightError(
             f"tracking.uri: the MLflow server at {tracking_uri} does not answer "
             "(set tracking.uri or MLFLOW_TRACKING_URI)"
@@ -159,13 +159,13 @@ def preflight(
     return manifests
 
 
-def manifest_record(url: str) -> tracking.ManifestRecord:
+def manifest_record(url: str) -> runs.ManifestRecord:
     try:
         manifest = read_manifest(url)
         raw = storage.read_bytes(manifest_url(url))
     except Exception as err:
         raise PreflightError(f"data.manifests: {url}: {one_line(err)}") from None
-    return tracking.ManifestRecord(
+    return runs.ManifestRecord(
         url=url, sha256=hashlib.sha256(raw).hexdigest(), clips=int(manifest["total_samples"])
     )
 
@@ -177,7 +177,7 @@ def check_model_exists(uri: str) -> None:
         except Exception as err:
             raise PreflightError(f"init.model_uri = {uri!r}: {one_line(err)}") from None
         return
-    model_file = uri if uri.endswith(".pt") else storage.join(uri, model_io.MODEL_FILE)
+    model_file = uri if uri.endswith(".pt") else storage.join(uri, model_store.MODEL_FILE)
     if not storage.exists(model_file):
         raise PreflightError(f"init.model_uri = {uri!r}: no model file at {model_file}")
 
@@ -251,9 +251,9 @@ def build_trainer(
 
 def log_final_model(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint: str) -> str:
     """Log the final checkpoint's model to the run; returns its MLflow model URI."""
-    net = model_io.load_model(checkpoint)
-    with tracking.resumed_run(tracking_uri, run_id):
-        model_uri = model_io.log_model(
+    net = model_store.load_model(checkpoint)
+    with runs.resumed_run(tracking_uri, run_id):
+        model_uri = model_store.log_model(
             net,
             metadata={"vos_checkpoint": checkpoint, "vos_stage": config.stage},
         )

@@ -26,8 +26,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines import tracking
-from pipelines.train_config import REGISTERED_MODEL_NAMES
+from tracking import runs
+from training.config import REGISTERED_MODEL_NAMES
 
 __all__ = [
     "CHALLENGER",
@@ -242,7 +242,7 @@ def _signature_json(model_uri: str) -> str:
         ) from None
     if info.signature is None:
         raise RegistryError(
-            f"{model_uri}: the logged model has no signature; log it with pipelines.model_io.log_model"
+            f"{model_uri}: the logged model has no signature; log it with runs.model_store.log_model"
         )
     return json.dumps(info.signature.to_dict(), sort_keys=True)
 
@@ -274,7 +274,7 @@ def register_run_model(
         raise RegistryError(f"run {run_id}: not found ({err.message.splitlines()[0]})") from None
     name = registered_name(model) if model else registered_name(_architecture_of(run))
     model_uri = f"runs:/{run_id}/{artifact_path}"
-    with tracking.pointed_at(client.tracking_uri):
+    with runs.pointed_at(client.tracking_uri):
         tags = version_tags_from_run(run, model_uri)
         try:
             client.get_registered_model(name)

@@ -39,14 +39,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from datagen import storage
+from core import storage
 from models import VideoSegmenter, build_model
 
 __all__ = ["MODEL_FILE", "load_model", "log_model", "model_signature", "save_model"]
 
 MODEL_FILE = "model.pt"
 FORMAT = "vos-model/1"
-PACKAGE_DIRS = ["models", "datagen", "pipelines"]  # shipped with the pyfunc model for serving
+PACKAGE_DIRS = ["models", "core", "tracking"]  # shipped with the pyfunc model for serving
 
 
 def save_model(net: torch.nn.Module, path: str | Path) -> str:
@@ -98,7 +98,7 @@ def _load_from_mlflow(uri: str, device: str | torch.device) -> torch.nn.Module:
         if not found:
             raise FileNotFoundError(
                 f"load_model: {uri} holds no {MODEL_FILE}; was it logged with "
-                "pipelines.model_io.log_model?"
+                "tracking.model_store.log_model?"
             )
         return _from_bytes(found[0].read_bytes(), device, where=uri)
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from datagen.storage import is_local, local_path
-from pipelines.config import StrictModel
+from core.config import StrictModel
+from core.storage import is_local, local_path
 
 __all__ = [
     "ClusterSection",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datagen import storage
+from core import storage
 
 __all__ = [
     "FRAME_SUFFIXES",

@@ -25,7 +25,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import flatten
+from core.config import flatten
 
 __all__ = [
     "ManifestRecord",
@@ -39,7 +39,10 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SOURCE_PACKAGES = ["models", "datagen", "pipelines"]
+SOURCE_PACKAGES = [
+    "core", "models", "datagen", "tracking", "training", "evaluation", "registry", "pipelines",
+    "orchestration", "vos",
+]  # fmt: skip
 RUN_NAME_TAG = "vos.run_name"
 MLFLOW_BATCH_LIMIT = 100  # params/tags per log_batch request (MLflow's own limit)
 PARAM_VALUE_LIMIT = 6000  # characters

@@ -24,7 +24,7 @@ the DataLoader through the agreed step count above); the DataLoader also decodes
 training worker's own processes, so it asks the cluster for no extra CPUs.
 
 Checkpoints (every `run.checkpoint_every_steps` and at the end) hold `model.pt` (see
-`pipelines.model_io`, so `load_model(<checkpoint>)` works) and `train_state.pt` (optimizer
+`tracking.model_store`, so `load_model(<checkpoint>)` works) and `train_state.pt` (optimizer
 state, global step, epoch, step within the epoch). A retried worker group, or a rerun with
 the same run name, restarts from the latest checkpoint: the step counter and the optimizer
 state carry on. An epoch interrupted mid-way is finished with its remaining number of steps
@@ -50,12 +50,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from datagen import storage
+from core import storage
 from datagen.reader import ClipStream
 from models import build_model
-from pipelines import model_io
-from pipelines.tracking import MetricBuffer
-from pipelines.train_config import FinetuneConfig, PretrainConfig, TrainConfig
+from tracking import model_store
+from tracking.runs import MetricBuffer
+from training.config import FinetuneConfig, PretrainConfig, TrainConfig
 
 __all__ = ["TrainState", "exact_batches", "train_loop_per_worker", "train_step"]
 
@@ -86,7 +86,7 @@ class WorkerContext:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    """Entry point given to `TorchTrainer`; `loop_config` is built by `pipelines.trainer`."""
+    """Entry point given to `TorchTrainer`; `loop_config` is built by `training.driver`."""
     config = parse_config(loop_config["config"])
     context = ray.train.get_context()
     worker = WorkerContext(
@@ -123,7 +123,7 @@ def restore_or_start(
         net = initial_network(config, rank).to(device)
         return net, make_optimizer(config, net), TrainState()
     with checkpoint.as_directory() as folder:
-        net = model_io.load_model(folder, device=device)
+        net = model_store.load_model(folder, device=device)
         saved = torch.load(Path(folder) / TRAIN_STATE_FILE, map_location=device, weights_only=True)
     optimizer = make_optimizer(config, net)
     optimizer.load_state_dict(saved["optimizer"])
@@ -145,7 +145,7 @@ def initial_network(config: TrainConfig, rank: int) -> torch.nn.Module:
             pretrained_backbone=config.model.pretrained_backbone and rank == 0,
             **config.model.options,
         )
-    net = model_io.load_model(config.init.model_uri)
+    net = model_store.load_model(config.init.model_uri)
     arch = net.config.get("name", config.model.name)
     if arch != config.model.name:
         raise ValueError(
@@ -472,7 +472,7 @@ class Trainer:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="vos-ckpt-") as folder:
-            model_io.save_model(self.net, folder)
+            model_store.save_model(self.net, folder)
             torch.save(
                 {"optimizer": self.optimizer.state_dict(), "state": asdict(self.state)},
                 Path(folder) / TRAIN_STATE_FILE,
