@@ -4,7 +4,8 @@ from models import build_model, VideoSegmenter
 net = build_model("gc", size="tiny")
 pred = net(frames, first_labels, num_objects)      # training clip
 loss = net.loss(pred, target_labels)
-segmenter = VideoSegmenter(net)                    # streaming inference
+segmenter = VideoSegmenter(net)                    # streaming inference, at the model's
+                                                   # train_size (internal_size=...)
 """
 
 from models.backbone import PretrainedWeightsUnavailable

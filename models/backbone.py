@@ -48,13 +48,17 @@ class EncoderFeatures:
 
 
 class ResNetEncoder(nn.Module):
-    """ResNet stem + layer1..layer3 on RGB frames in [0, 1], optionally with a mask channel.
+    """ResNet stem + layer1..layer3 on RGB frames in [0, 1], optionally with mask channels.
 
-    With `with_mask=True` (the memory encoder) the first conv takes 4 channels: RGB filters
-    from the (pretrained) conv, a new filter for the object mask.
+    With `mask_channels` > 0 (the memory encoder) the first conv takes 3 + mask_channels
+    inputs: the RGB filters of the (pretrained) conv, then one filter per mask channel.
+    The first mask channel is the object's own mask; its filter keeps PyTorch's fresh init
+    (STM's `conv1_m`). A second channel is the union of the other objects' masks; its
+    filter starts at zero, so a new network (pretrained or not) starts out reading its own
+    mask only and learns how much to use the others.
     """
 
-    def __init__(self, backbone: str, with_mask: bool = False, pretrained: bool = False):
+    def __init__(self, backbone: str, mask_channels: int = 0, pretrained: bool = False):
         super().__init__()
         constructor, weights, channels = _ARCHITECTURES[backbone]
         resnet = constructor(weights=None)
@@ -64,13 +68,15 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.BatchNorm2d):
                 module.requires_grad_(False)
         conv1 = resnet.conv1
-        if with_mask:
-            conv1 = _add_mask_channel(conv1)
+        if mask_channels:
+            conv1 = _add_mask_channels(conv1, mask_channels)
+        self.mask_channels = mask_channels
         self.stem = nn.Sequential(conv1, resnet.bn1, resnet.relu, resnet.maxpool)
         self.layer1, self.layer2, self.layer3 = resnet.layer1, resnet.layer2, resnet.layer3
         self.res2_channels, self.res3_channels, self.res4_channels = channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.train()  # batch norm frozen from the start, not only after a train() call
 
     def train(self, mode: bool = True) -> ResNetEncoder:
         """Switch to training mode, batch norm excepted: it stays frozen (eval mode)."""
@@ -80,21 +86,21 @@ class ResNetEncoder(nn.Module):
                 module.eval()
         return self
 
-    def forward(self, rgb: Tensor, mask: Tensor | None = None) -> EncoderFeatures:
-        """rgb: [N, 3, H, W] in [0, 1]; mask: [N, 1, H, W] object probability (memory encoder)."""
+    def forward(self, rgb: Tensor, masks: Tensor | None = None) -> EncoderFeatures:
+        """rgb: [N, 3, H, W] in [0, 1]; masks: [N, mask_channels, H, W] probabilities."""
         x = (rgb - self.mean) / self.std
-        if mask is not None:
-            x = torch.cat([x, mask.to(x.dtype)], dim=1)
+        if masks is not None:
+            x = torch.cat([x, masks.to(x.dtype)], dim=1)
         res2 = self.layer1(self.stem(x))
         res3 = self.layer2(res2)
         res4 = self.layer3(res3)
         return EncoderFeatures(res4=res4, res3=res3, res2=res2)
 
 
-def _add_mask_channel(conv: nn.Conv2d) -> nn.Conv2d:
-    """A copy of `conv` taking one more input channel; the new filter keeps its fresh init."""
+def _add_mask_channels(conv: nn.Conv2d, count: int) -> nn.Conv2d:
+    """A copy of `conv` taking `count` more input channels (see `ResNetEncoder`)."""
     wider = nn.Conv2d(
-        conv.in_channels + 1,
+        conv.in_channels + count,
         conv.out_channels,
         kernel_size=conv.kernel_size,
         stride=conv.stride,
@@ -103,6 +109,7 @@ def _add_mask_channel(conv: nn.Conv2d) -> nn.Conv2d:
     )
     with torch.no_grad():
         wider.weight[:, : conv.in_channels] = conv.weight
+        wider.weight[:, conv.in_channels + 1 :] = 0.0  # the other objects' filter
         if conv.bias is not None:
             wider.bias.copy_(conv.bias)
     return wider

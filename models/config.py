@@ -3,6 +3,12 @@
 A network's `config` is a plain JSON dict; `build_model(**config)` rebuilds the same
 architecture. Only the options a model actually has appear in its config, so a typo or an
 option of another model is rejected instead of silently ignored.
+
+Options added after models were first saved have two defaults: the one a newly built model
+gets, and the one that rebuilds a model saved before the option existed (`_ADDED_LATER`).
+Whoever loads a saved config passes it through `saved_config` first, so an old
+`{"name": "gc", ..., "decoder_channels": 256}` still rebuilds the 4-channel memory encoder its
+weights were trained for, while `build_model("gc", "tiny")` gets the current defaults.
 """
 
 from __future__ import annotations
@@ -40,14 +46,26 @@ _SPECIFIC = {
     },
 }
 
+# Options every model has that saved models may lack: (default of a new model, value that
+# rebuilds a model saved before the option existed).
+#   other_objects_mask  the memory encoder also reads the union of the other objects' masks
+#                       (RGB + mask + others, 5 channels, as STM's released code and STCN)
+#   train_size          shorter side in px of the clips the model was trained on (None:
+#                       unknown); the streaming segmenter runs at this size by default
+_ADDED_LATER = {
+    "other_objects_mask": (True, False),
+    "train_size": (None, None),
+}
+
 
 def default_config(name: str, size: str) -> dict:
-    """The complete option set of model `name` at `size` (before overrides)."""
+    """The complete option set of a newly built model `name` at `size` (before overrides)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
-    return {"name": name, "size": size, **_COMMON[size], **_SPECIFIC[name][size]}
+    added = {key: new for key, (new, _) in _ADDED_LATER.items()}
+    return {"name": name, "size": size, **_COMMON[size], **_SPECIFIC[name][size], **added}
 
 
 def resolve_config(name: str, size: str, overrides: dict) -> dict:
@@ -64,6 +82,12 @@ def resolve_config(name: str, size: str, overrides: dict) -> dict:
     if "aspp_rates" in config:
         config["aspp_rates"] = [int(rate) for rate in config["aspp_rates"]]
     return config
+
+
+def saved_config(config: dict) -> dict:
+    """A config read back from a saved model, with the options it predates set to the values
+    that rebuild the model it was saved from."""
+    return {**{key: old for key, (_, old) in _ADDED_LATER.items()}, **config}
 
 
 def _check(config: dict) -> None:
@@ -84,6 +108,13 @@ def _check(config: dict) -> None:
     rates = config.get("aspp_rates", [1])
     if not isinstance(rates, list | tuple) or not rates or not all(_positive_int(r) for r in rates):
         raise ValueError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
+    if not isinstance(config["other_objects_mask"], bool):
+        raise ValueError(
+            f"other_objects_mask must be true or false, got {config['other_objects_mask']!r}"
+        )
+    train_size = config["train_size"]
+    if train_size is not None and not _positive_int(train_size):
+        raise ValueError(f"train_size must be a positive integer (px) or None, got {train_size!r}")
 
 
 def _positive_int(value) -> bool:

@@ -1,13 +1,24 @@
 """The three networks, `gc`, `gvos_scm` and `stm`, and `build_model`.
 
-All three share the STM layout: a memory encoder (RGB + object mask) and a query encoder
-(RGB), ResNet cut after res4, key/value heads, a memory read, and the STM decoder. They
-differ in the memory read and in what surrounds it:
+All three share the STM layout: a memory encoder (RGB + the object's mask + the union of
+the other objects' masks, as STM's released code and STCN; 4 channels without the others
+for models saved before `other_objects_mask`) and a query encoder (RGB), ResNet cut after
+res4, key/value heads, a memory read, and the STM decoder. They differ in the memory read
+and in what surrounds it:
 
     gc        GlobalContextMemory read; objects merged by a softmax over their logits
-    gvos_scm  gc + spatial constraint on the query feature, ASPP on the read-out, boundary
-              refinement of the decoder's output, hybrid loss; soft aggregation
+    gvos_scm  gc + ASPP on the read-out, spatial constraint on the decoder input, boundary
+              refinement of the decoder's output, hybrid loss on every side output;
+              soft aggregation
     stm       SpaceTimeMemory read (first + previous + every N-th frame); soft aggregation
+
+One object's path through the network, frame t from the memory of frames < t:
+
+    key, value       = memory_head(memory_encoder(rgb, mask, other objects' masks))
+    query, q_value   = query_head(query_encoder(rgb_t))
+    read             = read_out(memory.read(query))      (ASPP for gvos_scm)
+    decoder_input    = constrain([read, q_value], mask_{t-1})   (SCM gate for gvos_scm)
+    side outputs     = decoder(decoder_input, res3, res2) [, refine(coarse) for gvos_scm]
 
 Each object runs as its own batch row (`owner[row]` is the sample it belongs to). The
 same building blocks (`encode_memory`, `encode_query`, `segment_objects`, `merge`) serve
@@ -44,6 +55,9 @@ class ClipPrediction:
         Tensor  # [B, T-1, K, H, W]: each object's own foreground logit (refined for gvos_scm)
     )
     object_valid: Tensor  # bool [B, K]: the object is present in the sample's first mask
+    # The side outputs before `object_logits`, coarsest first, each [B, T-1, K, H, W]:
+    # for gvos_scm the decoder's coarse map before refinement; empty for gc and stm.
+    side_logits: tuple[Tensor, ...] = ()
 
 
 class VOSNetwork(nn.Module):
@@ -55,8 +69,9 @@ class VOSNetwork(nn.Module):
         super().__init__()
         self._config = copy.deepcopy(config)
         key_channels, value_channels = config["key_channels"], config["value_channels"]
+        mask_channels = 2 if config["other_objects_mask"] else 1
         self.memory_encoder = ResNetEncoder(
-            config["backbone"], with_mask=True, pretrained=pretrained_backbone
+            config["backbone"], mask_channels=mask_channels, pretrained=pretrained_backbone
         )
         self.query_encoder = ResNetEncoder(config["backbone"], pretrained=pretrained_backbone)
         encoder = self.query_encoder
@@ -83,24 +98,35 @@ class VOSNetwork(nn.Module):
         """[B, K, H, W] foreground logits, valid [B, K] -> log-probabilities [B, K+1, H, W]."""
         return soft_aggregate(object_logits, valid)
 
-    def embed_query(
-        self, res4: Tensor, owner: Tensor, previous_probs: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Query key and the query frame's value, one row per object."""
-        key, value = self.query_head(res4)
-        return key[owner], value[owner]
-
     def read_out(self, read: Tensor) -> Tensor:
+        """What the decoder gets of the memory read (gvos_scm: ASPP of it)."""
         return read
 
-    def refine(self, coarse_logits: Tensor) -> Tensor:
-        return coarse_logits
+    def constrain(self, decoder_input: Tensor, previous_probs: Tensor) -> Tensor:
+        """The decoder input, gated by the previous masks where a network does (gvos_scm)."""
+        return decoder_input
+
+    def side_outputs(self, coarse_logits: Tensor) -> list[Tensor]:
+        """Every supervised foreground logit map, coarsest first; the last is the prediction."""
+        return [coarse_logits]
 
     # --- building blocks shared by training and streaming ---------------------------------
 
-    def encode_memory(self, frames: Tensor, object_probs: Tensor) -> tuple[Tensor, Tensor]:
-        """Memory key and value of frames [N, 3, H, W] with object probabilities [N, 1, H, W]."""
-        return self.memory_head(self.memory_encoder(frames, object_probs).res4)
+    def encode_memory(
+        self, frames: Tensor, object_probs: Tensor, owner: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Memory key and value of frames [N, 3, H, W] with object probabilities [N, 1, H, W].
+
+        Row n is an object of sample `owner[n]` (None: all rows are the objects of one
+        frame). With `other_objects_mask` the encoder also reads the union of the masks of
+        the other objects of the same sample.
+        """
+        masks = object_probs
+        if self._config["other_objects_mask"]:
+            if owner is None:
+                owner = torch.zeros(len(object_probs), dtype=torch.long, device=frames.device)
+            masks = torch.cat([object_probs, other_objects(object_probs, owner)], dim=1)
+        return self.memory_head(self.memory_encoder(frames, masks).res4)
 
     def encode_query(self, frames: Tensor) -> EncoderFeatures:
         """Query encoder features of frames [B, 3, H, W] (shared by all objects of a frame)."""
@@ -113,11 +139,18 @@ class VOSNetwork(nn.Module):
 
         previous_probs [N, 1, H, W]: each object's probability on the previous frame.
         """
-        query_key, query_value = self.embed_query(query.res4, owner, previous_probs)
-        read = self.read_out(memory.read(query_key))
-        feature = torch.cat([read, query_value.to(read.dtype)], dim=1)
-        coarse = self.decoder(feature, query.res3[owner], query.res2[owner])
-        return self.refine(coarse)
+        return self.segment_sides(query, owner, memory, previous_probs)[-1]
+
+    def segment_sides(
+        self, query: EncoderFeatures, owner: Tensor, memory: Memory, previous_probs: Tensor
+    ) -> list[Tensor]:
+        """Every side output of `segment_objects` ([N, 1, H, W] each), the prediction last."""
+        query_key, query_value = self.query_head(query.res4)
+        read = self.read_out(memory.read(query_key[owner]))
+        decoder_input = torch.cat([read, query_value[owner].to(read.dtype)], dim=1)
+        decoder_input = self.constrain(decoder_input, previous_probs)
+        coarse = self.decoder(decoder_input, query.res3[owner], query.res2[owner])
+        return self.side_outputs(coarse)
 
     # --- the training clip ----------------------------------------------------------------
 
@@ -139,23 +172,24 @@ class VOSNetwork(nn.Module):
         )
         valid = first_masks.flatten(2).amax(dim=2) > 0
         object_probs = _rows(pad_to_stride(first_masks))
-        memory = self.new_memory(*self.encode_memory(frames[:, 0][owner], object_probs))
+        memory = self.new_memory(*self.encode_memory(frames[:, 0][owner], object_probs, owner))
         queries = self.encode_query(frames[:, 1:].flatten(0, 1))
         sample_rows = torch.arange(batch, device=frames.device) * (length - 1)
 
-        log_probs, object_logits = [], []
+        log_probs, sides_per_frame = [], []
         for t in range(1, length):
             query = queries.select(sample_rows + (t - 1))
-            logits = self.segment_objects(query, owner, memory, object_probs)
-            logits = crop_to(logits, size).reshape(batch, num_objects, height, width)
-            merged = self.merge(logits, valid)
+            sides = self.segment_sides(query, owner, memory, object_probs)
+            sides = [crop_to(s, size).reshape(batch, num_objects, height, width) for s in sides]
+            merged = self.merge(sides[-1], valid)
             log_probs.append(merged)
-            object_logits.append(logits)
+            sides_per_frame.append(sides)
             if t < length - 1:
                 object_probs = _rows(pad_to_stride(merged[:, 1:].exp()))
-                memory.write(*self.encode_memory(frames[:, t][owner], object_probs))
+                memory.write(*self.encode_memory(frames[:, t][owner], object_probs, owner))
+        by_side = [torch.stack(side, dim=1) for side in zip(*sides_per_frame, strict=True)]
         return ClipPrediction(
-            torch.stack(log_probs, dim=1), torch.stack(object_logits, dim=1), valid
+            torch.stack(log_probs, dim=1), by_side[-1], valid, side_logits=tuple(by_side[:-1])
         )
 
     def loss(self, pred: ClipPrediction, target_labels: Tensor) -> Tensor:
@@ -177,35 +211,56 @@ class GCNet(VOSNetwork):
 
 
 class GVOSSCMNet(GCNet):
-    """GC + spatial constraint module, ASPP, boundary refinement and the hybrid loss."""
+    """GC + ASPP, the spatial constraint module, boundary refinement and the hybrid loss.
+
+    GVOS-SCM (Chen et al., CVM 2023). The full text was not at hand while writing this; the
+    abstract says: "the prediction mask of the previous frame is helpful for the
+    segmentation of the current frame, so we input it into a spatial constraint module
+    (SCM), which constrains the areas of segments in the current frame", and Sec. 3.1 /
+    Fig. 2 (as issue 13 reads them) place the SCM on the feature map after context
+    distribution and ASPP, before the decoder: concat(feature, previous mask) -> 3x3 conv
+    -> sigmoid gate -> multiply.
+    Where that leaves a choice, this implementation:
+
+    - gates the whole decoder input [ASPP(D), query value] (the feature the decoder reads),
+      not ASPP(D) alone, so the query frame's own value is constrained too; the query
+      key, and so the memory read, is left as it is;
+    - uses each object's soft probability on the previous frame (the first mask before
+      frame 1), average-pooled to stride 16, as the previous-frame mask;
+    - supervises every side output with the hybrid loss (BASNet, which the paper's loss
+      and refinement follow): the decoder's coarse map (its only side output, already at
+      the mask size) and the refined map, with equal weights, plus the cross-entropy of
+      the merged refined prediction.
+    """
 
     uses_previous_mask = True
 
     def __init__(self, config: dict, pretrained_backbone: bool = False):
         super().__init__(config, pretrained_backbone)
         value_channels = config["value_channels"]
-        self.spatial_constraint = SpatialConstraint(self.query_encoder.res4_channels)
         self.aspp = ASPP(
             value_channels, config["aspp_channels"], value_channels, config["aspp_rates"]
         )
+        self.spatial_constraint = SpatialConstraint(2 * value_channels)
         self.refinement = BoundaryRefinement(config["refine_channels"])
 
     def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
         return soft_aggregate(object_logits, valid)
 
-    def embed_query(
-        self, res4: Tensor, owner: Tensor, previous_probs: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        return self.query_head(self.spatial_constraint(res4[owner], previous_probs))
-
     def read_out(self, read: Tensor) -> Tensor:
         return self.aspp(read)
 
-    def refine(self, coarse_logits: Tensor) -> Tensor:
-        return self.refinement(coarse_logits)
+    def constrain(self, decoder_input: Tensor, previous_probs: Tensor) -> Tensor:
+        return self.spatial_constraint(decoder_input, previous_probs)
+
+    def side_outputs(self, coarse_logits: Tensor) -> list[Tensor]:
+        return [coarse_logits, self.refinement(coarse_logits)]
 
     def loss(self, pred: ClipPrediction, target_labels: Tensor) -> Tensor:
-        """Cross-entropy of the merged prediction + hybrid loss of each present object's map."""
+        """Cross-entropy of the merged prediction + the hybrid loss of every side output.
+
+        Each side output is scored on the maps of the objects present in frame 0.
+        """
         cross_entropy = super().loss(pred, target_labels)
         num_objects = pred.object_logits.shape[2]
         object_ids = torch.arange(1, num_objects + 1, device=target_labels.device).view(
@@ -213,7 +268,9 @@ class GVOSSCMNet(GCNet):
         )
         object_targets = target_labels.unsqueeze(2) == object_ids  # [B, T-1, K, H, W]
         present = pred.object_valid[:, None, :].expand(-1, target_labels.shape[1], -1)
-        return cross_entropy + hybrid_loss(pred.object_logits[present], object_targets[present])
+        side_maps = (*pred.side_logits, pred.object_logits)
+        hybrid = sum(hybrid_loss(side[present], object_targets[present]) for side in side_maps)
+        return cross_entropy + hybrid
 
 
 class STMNet(VOSNetwork):
@@ -231,11 +288,26 @@ def build_model(
 ) -> VOSNetwork:
     """One of the three networks; `size` picks the papers' (`full`) or CPU (`tiny`) settings.
 
-    `overrides` change single options (e.g. key_channels=64); unknown options are refused.
+    `overrides` change single options (e.g. key_channels=64, other_objects_mask=False,
+    train_size=384); unknown options are refused. A config read back from a saved model goes
+    through `models.config.saved_config` first (options it predates keep their old values).
     With `pretrained_backbone=True` both encoders start from torchvision's ImageNet weights.
     """
     config = resolve_config(name, size, overrides)
     return _NETWORKS[name](config, pretrained_backbone=pretrained_backbone)
+
+
+def other_objects(object_probs: Tensor, owner: Tensor) -> Tensor:
+    """Union of the other objects' masks of each row's sample, as STM's released code:
+
+        others_n = clamp(sum_{m != n, owner[m] = owner[n]} p_m, max=1)
+
+    object_probs [N, 1, H, W] (soft masks); owner [N] -> [N, 1, H, W].
+    """
+    peers = owner[:, None] == owner[None, :]
+    peers.fill_diagonal_(False)
+    others = peers.to(object_probs.dtype) @ object_probs.flatten(1)
+    return others.view_as(object_probs).clamp(max=1.0)
 
 
 def _rows(per_object: Tensor) -> Tensor:

@@ -1,5 +1,8 @@
 """The GVOS-SCM additions to GC: ASPP, the spatial constraint module, boundary refinement.
 
+Their order in the network (`models.networks.GVOSSCMNet`): ASPP on the distributed context,
+then the spatial constraint on the decoder input, then the decoder, then the refinement.
+
 No batch norm in these new layers: batch norm is frozen throughout training (both papers),
 and a frozen, freshly initialised batch norm is only a fixed identity.
 """
@@ -37,9 +40,11 @@ class ASPP(nn.Module):
 
 
 class SpatialConstraint(nn.Module):
-    """Gate the query feature with where the object was in the previous frame.
+    """Gate a feature map with where the object was in the previous frame.
 
     gate = sigmoid(conv3x3(concat(f, m_{t-1})));  f' = f * gate   (one spatial gate map)
+
+    In GVOS-SCM, f is the decoder input: [ASPP(distributed context), query value].
     """
 
     def __init__(self, channels: int):

@@ -7,6 +7,13 @@ Objects may first appear after frame 0 (YouTube-VOS): pass `labels` on that fram
 not seen before become new objects from that frame on; their pixels override the
 prediction. Ids already known are predicted as usual (YouTube-VOS annotates only the
 objects that first appear on a frame).
+
+The network runs at an internal size (Cutie's `max_internal_size`, but exact: frames are
+scaled down or up): the shorter side in pixels, by default the model's `train_size` (the
+size it was trained for) when its config records one, else the frame's own size. Frames
+are resized bilinearly with antialiasing and given masks with nearest neighbours; the
+result is always at the frame's own size: probabilities resized bilinearly, labels their
+argmax, and the pixels of objects given on a frame exactly as given.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.backbone import crop_to, pad_to_stride
 from models.networks import Memory, VOSNetwork
@@ -51,15 +59,35 @@ class VideoSegmenter:
     segmenter = VideoSegmenter(net, device="cuda", dtype="bfloat16")
     first = segmenter.step(frame0, labels=mask0)       # uint8 [H, W, 3], int [H, W]
     result = segmenter.step(frame1)                    # result.probs, result.labels
+
+    `internal_size`: the shorter side (px) the network sees; "train" (default) is the
+    model's `train_size` when its config has one, else the frame's own size; "original"
+    is always the frame's own size.
     """
 
-    def __init__(self, net: VOSNetwork, device: str | torch.device = "cpu", dtype: str = "float32"):
+    def __init__(
+        self,
+        net: VOSNetwork,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        *,
+        internal_size: int | str = "train",
+    ):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self.internal_short_side = _short_side(internal_size, net.config.get("train_size"))
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.compute_dtype = _DTYPES[dtype]
         self.reset()
+
+    def internal_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) the network sees for frames of `frame_size` (height, width)."""
+        height, width = frame_size
+        if self.internal_short_side is None:
+            return height, width
+        scale = self.internal_short_side / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
     def reset(self) -> None:
         """Forget the current video."""
@@ -90,15 +118,20 @@ class VideoSegmenter:
             labels = _check_labels(labels, frame.shape[:2], where)
         new_ids = self._new_ids(labels, where)
 
+        frame_size = frame.shape[:2]
+        size = self.internal_size(frame_size)
         rgb = torch.from_numpy(frame).to(self.device).permute(2, 0, 1)[None].float() / 255
-        rgb = pad_to_stride(rgb, mode="replicate")
+        rgb = pad_to_stride(_resize_bilinear(rgb, size), mode="replicate")
         with self._autocast():
-            probs = self._predict(rgb, frame.shape[:2])  # [1 + N, H, W], background first
+            internal = self._predict(rgb, size)  # [1 + N, h, w], background first
+            probs = _resize_bilinear(internal[None].float(), frame_size)[0]  # [1 + N, H, W]
             if new_ids:
-                probs = _add_objects(probs, torch.from_numpy(labels).to(self.device), new_ids)
-            self._memorise(rgb, probs[1:], new_ids)
+                given = torch.from_numpy(labels).to(self.device)
+                internal = _add_objects(internal, _resize_nearest(given, size), new_ids)
+                probs = _add_objects(probs, given, new_ids)
+            self._memorise(rgb, internal[1:], new_ids)
 
-        self._frame_size = frame.shape[:2]
+        self._frame_size = frame_size
         self._frame_index += 1
         return self._result(probs)
 
@@ -120,7 +153,10 @@ class VideoSegmenter:
         return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
 
     def _predict(self, rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Merged probabilities [1 + N, H, W] of the N known objects (background only if none)."""
+        """Merged probabilities [1 + N, *size] of the N known objects (background only if none).
+
+        rgb [1, 3, H', W']: the frame at `size`, padded to the network's stride.
+        """
         if not self._groups:
             return torch.ones((1, *size), device=self.device)
         query = self.net.encode_query(rgb)
@@ -163,6 +199,35 @@ class VideoSegmenter:
         by_id[ids] = probs[1:].float()
         labels = by_id.argmax(dim=0).to(torch.uint8)
         return FrameResult(probs=by_id.cpu().numpy(), labels=labels.cpu().numpy())
+
+
+def _short_side(internal_size: int | str, train_size: int | None) -> int | None:
+    """The shorter side (px) frames are processed at; None: each frame's own size."""
+    if internal_size == "train":
+        return train_size
+    if internal_size == "original":
+        return None
+    if isinstance(internal_size, int) and not isinstance(internal_size, bool) and internal_size > 0:
+        return internal_size
+    raise ValueError(
+        "internal_size must be 'train', 'original' or a positive number of pixels, "
+        f"got {internal_size!r}"
+    )
+
+
+def _resize_bilinear(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """images [N, C, H, W] -> [N, C, *size], bilinear with antialiasing (no-op at `size`)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label map [H, W] of ids -> [*size], nearest neighbour (no-op at `size`)."""
+    if tuple(labels.shape) == tuple(size):
+        return labels
+    resized = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")
+    return resized[0, 0].to(labels.dtype)
 
 
 def _add_objects(probs: torch.Tensor, labels: torch.Tensor, new_ids: list[int]) -> torch.Tensor:

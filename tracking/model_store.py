@@ -41,6 +41,7 @@ from mlflow.types import Schema, TensorSpec
 
 from core import storage
 from models import VideoSegmenter, build_model
+from models.config import saved_config
 
 __all__ = ["MODEL_FILE", "load_model", "log_model", "model_signature", "save_model"]
 
@@ -81,7 +82,7 @@ def _from_bytes(data: bytes, device: str | torch.device, where: str) -> torch.nn
         raise ValueError(f"load_model: {where} is not a readable model file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"load_model: {where} is not a {FORMAT} file written by save_model")
-    net = build_model(**payload["config"])
+    net = build_model(**saved_config(payload["config"]))
     net.load_state_dict(payload["state_dict"])
     return net.to(device).eval()
 

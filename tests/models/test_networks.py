@@ -181,7 +181,8 @@ def test_bad_targets_raise_value_errors(tiny_gc):
 
 
 def test_pretrained_weights_load_from_the_torch_cache(tmp_path, monkeypatch):
-    """ImageNet weights come through torchvision's loader; RGB filters copied, mask filter new."""
+    """ImageNet weights come through torchvision's loader; RGB filters copied, mask filter
+    new, the other objects' filter zero."""
     constructor, weights, _ = _ARCHITECTURES["resnet18"]
     reference = constructor().state_dict()  # stands in for the ImageNet file (no internet here)
     checkpoints = tmp_path / "hub" / "checkpoints"
@@ -198,8 +199,9 @@ def test_pretrained_weights_load_from_the_torch_cache(tmp_path, monkeypatch):
         net.memory_encoder.layer2[0].conv1.weight, reference["layer2.0.conv1.weight"]
     )
     memory_conv1 = net.memory_encoder.stem[0].weight
-    assert memory_conv1.shape == (64, 4, 7, 7)
+    assert memory_conv1.shape == (64, 5, 7, 7)  # RGB, this object, the other objects
     torch.testing.assert_close(memory_conv1[:, :3], reference["conv1.weight"])
+    assert memory_conv1[:, 3].abs().sum() > 0 and (memory_conv1[:, 4] == 0).all()
     torch.testing.assert_close(net.query_encoder.stem[1].running_var, reference["bn1.running_var"])
 
 

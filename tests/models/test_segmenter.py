@@ -13,12 +13,19 @@ from models import MODEL_NAMES, VideoSegmenter, build_model
 @pytest.fixture(scope="module")
 def tiny_nets():
     torch.manual_seed(0)
-    return {name: build_model(name, size="tiny").eval() for name in MODEL_NAMES}
+    nets = {name: build_model(name, size="tiny").eval() for name in MODEL_NAMES}
+    with torch.no_grad():  # the other objects' filter starts at zero: make that channel count
+        for net in nets.values():
+            net.memory_encoder.stem[0].weight[:, 4].normal_(std=0.05)
+    return nets
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_streaming_matches_the_training_forward(name, tiny_nets, make_video):
-    """Frame by frame inference computes what the clip forward computes (odd size, 2 objects)."""
+    """Frame by frame inference computes what the clip forward computes (odd size, 2 objects).
+
+    Both feed each object's memory with the other object's mask (the filter is non-zero).
+    """
     net = tiny_nets[name]
     frames, labels = make_video(length=4, height=35, width=45, num_objects=2, seed=3)
     clip = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float() / 255
@@ -172,3 +179,101 @@ def test_bfloat16_autocast_stays_close_to_float32_and_keeps_the_state_in_float32
     assert fast.state_nbytes() == exact.state_nbytes()  # the running mean stays float32
     with pytest.raises(ValueError, match="dtype must be one of"):
         VideoSegmenter(tiny_nets["gc"], dtype="int8")
+
+
+def encoder_input_sizes(net) -> tuple[list, object]:
+    """The (H, W) of every frame the query encoder sees, and the hook to remove."""
+    sizes = []
+    hook = net.query_encoder.register_forward_pre_hook(
+        lambda _, args: sizes.append(tuple(args[0].shape[-2:]))
+    )
+    return sizes, hook
+
+
+def run_video(segmenter, frames, first_labels):
+    results = [segmenter.step(frames[0], labels=first_labels)]
+    return results + [segmenter.step(frame) for frame in frames[1:]]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "internal_size", "seen"),
+    [
+        (240, 427, 60, (60, 107)),  # 427 * 60 / 240 = 106.75
+        (61, 97, 48, (48, 76)),  # down: 97 * 48 / 61 = 76.3
+        (61, 97, 80, (80, 127)),  # up: 97 * 80 / 61 = 127.2
+        (61, 97, "original", (61, 97)),
+    ],
+)
+def test_internal_size_is_honoured_and_masks_come_back_at_the_frame_size(
+    height, width, internal_size, seen, tiny_nets, make_video
+):
+    net = tiny_nets["gvos_scm"]
+    frames, labels = make_video(length=3, height=height, width=width, num_objects=2, seed=2)
+    segmenter = VideoSegmenter(net, internal_size=internal_size)
+    assert segmenter.internal_size((height, width)) == seen
+    sizes, hook = encoder_input_sizes(net)
+    try:
+        results = run_video(segmenter, frames, labels[0])
+    finally:
+        hook.remove()
+
+    padded = tuple(-(-side // 16) * 16 for side in seen)  # padded up to the stride
+    assert sizes == [padded, padded]  # frames 1 and 2 (frame 0 is given)
+    assert np.array_equal(results[0].labels, labels[0])  # given pixels exactly as given
+    for result in results:
+        assert result.probs.shape == (3, height, width)
+        assert result.labels.shape == (height, width)
+        np.testing.assert_allclose(result.probs.sum(axis=0), 1.0, rtol=1e-5)
+        assert np.array_equal(result.labels, result.probs.argmax(axis=0))
+
+
+def test_the_default_internal_size_follows_the_models_train_size(make_video):
+    torch.manual_seed(0)
+    trained_at_32 = build_model("gc", size="tiny", train_size=32).eval()
+    unknown = build_model("gc", size="tiny").eval()
+    frames, labels = make_video(length=2, height=64, width=96, num_objects=1)
+    cases = [
+        (VideoSegmenter(trained_at_32), trained_at_32, (32, 48)),
+        (VideoSegmenter(trained_at_32, internal_size="original"), trained_at_32, (64, 96)),
+        (VideoSegmenter(unknown), unknown, (64, 96)),
+    ]
+    for segmenter, net, expected in cases:
+        sizes, hook = encoder_input_sizes(net)
+        try:
+            result = run_video(segmenter, frames, labels[0])[-1]
+        finally:
+            hook.remove()
+        assert sizes == [expected] and result.labels.shape == (64, 96)
+
+
+def test_a_reduced_internal_size_is_the_bilinear_upsampling_of_the_small_run(tiny_nets, make_video):
+    """At half size the result is the run on half-size frames, upsampled bilinearly
+    (up to the rounding of the half-size frames to uint8)."""
+    net = tiny_nets["stm"]
+    frames, labels = make_video(length=3, height=64, width=96, num_objects=2, seed=4)
+    small_frames = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255,
+            size=(32, 48),
+            mode="bilinear",
+            antialias=True,
+        )
+        .mul(255)
+        .round()
+        .byte()
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
+    halved = run_video(VideoSegmenter(net, internal_size=32), frames, labels[0])
+    small = run_video(VideoSegmenter(net), small_frames, labels[0][1::2, 1::2])
+    for big, reference in zip(halved[1:], small[1:], strict=True):
+        upsampled = torch.nn.functional.interpolate(
+            torch.from_numpy(reference.probs)[None], size=(64, 96), mode="bilinear"
+        )[0]
+        np.testing.assert_allclose(big.probs, upsampled.numpy(), atol=5e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "train_size", True])
+def test_a_bad_internal_size_is_refused(bad, tiny_nets):
+    with pytest.raises(ValueError, match="internal_size must be 'train', 'original' or a positive"):
+        VideoSegmenter(tiny_nets["gc"], internal_size=bad)

@@ -38,6 +38,18 @@ def test_a_pt_file_and_a_checkpoint_folder_load_back(tmp_path, name):
     assert_same_model(model_store.load_model(folder), net)
 
 
+def test_a_model_saved_before_the_other_objects_channel_still_loads(tmp_path):
+    """A model.pt written before `other_objects_mask` and `train_size` existed: its config
+    lacks both, and it holds a 4-channel memory encoder."""
+    net = build_model("gc", size="tiny", other_objects_mask=False)
+    config = {k: v for k, v in net.config.items() if k not in ("other_objects_mask", "train_size")}
+    payload = {"format": model_store.FORMAT, "config": config, "state_dict": net.state_dict()}
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = model_store.load_model(tmp_path / "old.pt")
+    assert loaded.memory_encoder.stem[0].in_channels == 4
+    assert_same_model(loaded, net)
+
+
 def test_a_model_on_s3_loads_back(s3_endpoint):
     bucket = s3_endpoint.make_bucket("model-io")
     net = tiny_net(seed=3)
