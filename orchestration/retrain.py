@@ -43,10 +43,10 @@ from rich.console import Console
 
 from core import storage
 from core.config import ConfigError, StrictModel, load_config
+from core.lease import Lease, LeaseHeld
 from datagen import generate
 from evaluation.runner import EvaluationSettings
 from orchestration import ingest
-from orchestration.lease import Lease, LeaseHeld
 from orchestration.ledger import Cycle, Ledger
 from registry import promotion, versions
 from tracking import runs

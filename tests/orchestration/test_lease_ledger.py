@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from orchestration.lease import Lease, LeaseHeld
+from core.lease import Lease, LeaseHeld
 from orchestration.ledger import Cycle, Ledger
 
 
