@@ -2,7 +2,9 @@
 # Make MinIO ready for the pipeline; safe to run again (every step is idempotent):
 #   1. wait until MinIO answers, as its administrator;
 #   2. create the project's bucket;
-#   3. create the application user and give it read/write access to that bucket only.
+#   3. create the application user and give it read/write access to that bucket only, and no
+#      service accounts: an explicit Deny, which MinIO honours where GHSA-jjjj-jwhf-8rgr lets a
+#      restricted service account or STS session create new ones (infra/README.md, "MinIO").
 # Used by the vos-minio-setup Job (Kubernetes) and the minio-setup service (docker compose).
 # Needs: MINIO_URL, MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, VOS_BUCKET and the application's key
 # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Prints no credential.
@@ -35,6 +37,10 @@ cat >"$policy_file" <<POLICY
       "Effect": "Allow",
       "Action": ["s3:*"],
       "Resource": ["arn:aws:s3:::$VOS_BUCKET", "arn:aws:s3:::$VOS_BUCKET/*"]
+    },
+    {
+      "Effect": "Deny",
+      "Action": ["admin:CreateServiceAccount", "admin:UpdateServiceAccount"]
     }
   ]
 }

