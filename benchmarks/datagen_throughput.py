@@ -27,9 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 
 from datagen.plan import plan_shards
@@ -127,9 +124,10 @@ def stage_breakdown(sources: list, settings: ClipSettings, samples: int = 12) ->
 def ray_speedup(source: dict, clips: int, size: int, repeats: int, workdir: Path) -> dict:
     import ray
 
-    from datagen.generate import GenerateConfig, run, start_local_ray
+    from core import cluster
+    from datagen.generate import GenerateConfig, run
 
-    start_local_ray(ray, num_cpus=2)
+    cluster.connect(num_cpus=2)
     try:
 
         @ray.remote(num_cpus=1)

@@ -7,14 +7,14 @@ crash keeps the shards already made. `pipelines/generate.py` is its command line
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from core import cluster
+from core.cli import console, progress_bar
 from core.config import StrictModel, config_hash
 from core.storage import (
     check_storage,
@@ -230,34 +230,9 @@ def _check_existing_set(set_url: str, content_hash: str, overwrite: bool) -> Non
     remove(location)  # the set is incomplete from now until the new manifest is written
 
 
-def _init_ray(section: RaySection):
+def _make_shards(specs: list[ShardSpec], set_url: str, section: RaySection, progress) -> list:
+    """One Ray task per shard, at most `max_tasks_in_flight` at a time; `progress(result)`."""
     import ray
-
-    if ray.is_initialized():
-        return ray, False
-    address = section.address or os.environ.get("RAY_ADDRESS")
-    if address:  # a cluster (also what `ray job submit` provides)
-        ray.init(address=address)
-    else:  # a Ray on this machine, only for this job
-        start_local_ray(ray, section.num_cpus)
-    return ray, True
-
-
-def start_local_ray(ray, num_cpus: int | None, tries: int = 3) -> None:
-    """Start a Ray on this machine. On a busy machine the raylet can give up waiting for its
-    agents (a fixed 15 s wait, ray-project/ray#65983); a second try usually starts."""
-    for attempt in range(1, tries + 1):
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
-            return
-        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception here
-            ray.shutdown()
-            if attempt == tries or "timed out during startup" not in str(err):
-                raise
-            print(f"generate: Ray did not start ({err}); trying again", file=sys.stderr)
-
-
-def _run_tasks(ray, specs: list[ShardSpec], set_url: str, section: RaySection, progress) -> list:
     import torch
 
     @ray.remote(max_retries=3)
@@ -267,15 +242,10 @@ def _run_tasks(ray, specs: list[ShardSpec], set_url: str, section: RaySection, p
 
     limit = section.max_tasks_in_flight or max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
     task = make_shard.options(num_cpus=section.cpus_per_task)
-    waiting, results, queue = [], [], list(specs)
-    while queue or waiting:
-        while queue and len(waiting) < limit:
-            waiting.append(task.remote(queue.pop(0), set_url))
-        done, waiting = ray.wait(waiting, num_returns=1)
-        for ref in done:
-            result = ray.get(ref)
-            results.append(result)
-            progress(result)
+    results = []
+    for _, ref in cluster.as_completed(lambda spec: task.remote(spec, set_url), specs, limit):
+        results.append(ray.get(ref))
+        progress(results[-1])
     return results
 
 
@@ -284,7 +254,7 @@ class SetPlan:
     """What a job will make: the scanned sources and one spec per shard."""
 
     config: GenerateConfig
-    found: datagen_sources.Scan
+    scanned: datagen_sources.Scan  # the sources found and the inputs skipped
     content: dict
     content_hash: str
     kind: str
@@ -326,14 +296,14 @@ def plan_set(config: GenerateConfig) -> SetPlan:
 def write_set_manifest(plan: SetPlan, results: list[ShardResult]) -> tuple[str, dict]:
     """Write the manifest of a planned set whose shards are all made (last, so that readers
     never see a set without every shard); returns its URL and the manifest."""
-    skipped = [(s.source, s.reason) for s in plan.found.skipped]
+    skipped = [(s.source, s.reason) for s in plan.scanned.skipped]
     skipped += [tuple(pair) for result in results for pair in result.record["skipped"]]
     manifest = build_manifest(
         kind=plan.kind,
         split=plan.config.output.split,
         config=plan.content,
         config_hash=plan.content_hash,
-        source_fingerprint=plan.found.fingerprint,
+        source_fingerprint=plan.scanned.fingerprint,
         size=plan.settings.size,
         frames=plan.settings.num_frames,
         shard_records=[result.record for result in results],
@@ -344,8 +314,6 @@ def write_set_manifest(plan: SetPlan, results: list[ShardResult]) -> tuple[str, 
 
 def run(config: GenerateConfig) -> dict:
     """Run the job; returns the summary (also printed)."""
-    from tqdm import tqdm
-
     started = time.perf_counter()
     set_url = config.output.set_url
     check_storage(set_url)
@@ -353,26 +321,26 @@ def run(config: GenerateConfig) -> dict:
     _check_existing_set(set_url, plan.content_hash, config.output.overwrite)
     specs = plan.specs
     print(
-        f"generate: {len(plan.found.sources)} {plan.kind} sources, {len(plan.found.skipped)} "
+        f"generate: {len(plan.scanned.sources)} {plan.kind} sources, {len(plan.scanned.skipped)} "
         f"inputs skipped while scanning; {plan.total_clips} clips in {len(specs)} shards "
         f"-> {set_url}",
         flush=True,
     )
 
-    ray, started_ray = _init_ray(config.ray)
+    started_ray = cluster.connect(config.ray.address, config.ray.num_cpus)
     try:
-        with tqdm(
-            total=plan.total_clips, unit="clip", desc="shards", mininterval=1.0, file=sys.stderr
-        ) as bar:
-            results = _run_tasks(
-                ray,
+        with progress_bar() as bar:
+            task = bar.add_task("making shards", total=plan.total_clips)
+            results = _make_shards(
                 specs,
                 set_url,
                 config.ray,
-                lambda result: bar.update(len(specs[result.record["index"]].clips)),
+                lambda result: bar.advance(task, len(specs[result.record["index"]].clips)),
             )
     finally:
         if started_ray:
+            import ray
+
             ray.shutdown()
 
     location, manifest = write_set_manifest(plan, results)
@@ -397,7 +365,6 @@ def run(config: GenerateConfig) -> dict:
 
 
 def print_summary(summary: dict, examples: list) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="generate: summary", show_header=False)
@@ -417,7 +384,6 @@ def print_summary(summary: dict, examples: list) -> None:
     table.add_row("time", f"{summary['seconds']:.1f} s")
     table.add_row("clips/s (made in this run)", f"{summary['clips_per_s']:.1f}")
     table.add_row("manifest", summary["manifest"])
-    console = Console(stderr=False)
     console.print(table)
     for source, reason in examples[:5]:
         console.print(f"  skipped {source}: {reason}")

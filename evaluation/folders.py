@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import track
 
+from core.cli import console
 from core.masks import read_mask
 from evaluation.metrics import SequenceScore, SequenceScorer
-
-console = Console()
 
 
 class DavisLayoutError(ValueError):

@@ -19,27 +19,16 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 from rich import box
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core import storage
+from core import cluster, storage
+from core.cli import console, progress_bar
 from core.config import StrictModel
 from core.masks import MaskError, encode_mask, list_frames, read_frame, read_mask
 from evaluation.folders import DavisLayoutError, sequence_names
 from evaluation.metrics import FrameError, SequenceScore, SequenceScorer, summarize
 from evaluation.report import results_table
 from evaluation.segment import RESOLUTION_HELP, check_resolution, segment_video
-
-console = Console()
-# storage endpoints forwarded to Ray workers (credentials come from each node's AWS chain)
-FORWARDED_ENV = [
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "VOS_CACHE",  # where an evaluation set on object storage is mirrored
-]
 
 
 class TrackingSettings(StrictModel):
@@ -242,23 +231,13 @@ def _remote_evaluate_sequence(net, files, data, resolution, device, masks_url, t
 # -- all sequences --------------------------------------------------------------------------------
 
 
-def _progress() -> Progress:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    return Progress(*columns, console=console, transient=True)
-
-
 def evaluate_sequences(
     net, config: EvaluateConfig, files: list[SequenceFiles], device: str, masks_url: str
 ) -> list[SequenceOutcome]:
     """Every sequence, in this process or spread over Ray tasks (`workers` at a time)."""
     if config.workers == 1 or len(files) == 1:
         outcomes = []
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("evaluating sequences", total=len(files))
             for sequence in files:
                 progress.update(task, description=f"evaluating {sequence.name}")
@@ -275,39 +254,35 @@ def _evaluate_on_ray(
 ) -> list[SequenceOutcome]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=config.cluster_address, logging_level="WARNING")
-    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    cluster.connect(config.cluster_address)
     remote = ray.remote(_remote_evaluate_sequence).options(
         num_cpus=config.cpus_per_worker,
         num_gpus=1 if device.startswith("cuda") else 0,
-        runtime_env={"env_vars": forwarded} if forwarded else None,
+        runtime_env=cluster.runtime_env(),
         max_retries=1,
     )
     net_ref = ray.put(net.cpu())
     worker_device = "cuda" if device.startswith("cuda") else "cpu"
-    pending, queued, done = {}, list(files), {}
-    with _progress() as progress:
+
+    def submit(sequence: SequenceFiles):
+        return remote.remote(
+            net_ref,
+            sequence,
+            config.data,
+            config.resolution,
+            worker_device,
+            masks_url,
+            config.cpus_per_worker,
+        )
+
+    done = {}
+    with progress_bar() as progress:
         task = progress.add_task(f"evaluating on {config.workers} Ray workers", total=len(files))
-        while queued or pending:
-            while queued and len(pending) < config.workers:
-                sequence = queued.pop(0)
-                ref = remote.remote(
-                    net_ref,
-                    sequence,
-                    config.data,
-                    config.resolution,
-                    worker_device,
-                    masks_url,
-                    config.cpus_per_worker,
-                )
-                pending[ref] = sequence.name
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            name = pending.pop(ready[0])
+        for sequence, ref in cluster.as_completed(submit, files, config.workers):
             try:
-                done[name] = ray.get(ready[0])
+                done[sequence.name] = ray.get(ref)
             except Exception as err:  # the task itself died (worker lost): the sequence failed
-                done[name] = SequenceOutcome(name, error=describe_error(err))
+                done[sequence.name] = SequenceOutcome(sequence.name, error=describe_error(err))
             progress.advance(task)
     return [done[sequence.name] for sequence in files]
 

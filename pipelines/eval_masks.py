@@ -14,19 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rich.console import Console
-
+from core.cli import EXIT_FAILED, EXIT_OK, console, fail
 from core.masks import MaskError
 from evaluation.folders import DavisLayoutError, score_folders
 from evaluation.metrics import FrameError
 from evaluation.report import json_report, results_table, write_json
-
-console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,16 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sequences = (
-        [name.strip() for name in args.sequences.split(",") if name.strip()]
-        if args.sequences
-        else None
-    )
+    sequences = [name.strip() for name in (args.sequences or "").split(",") if name.strip()] or None
     try:
         scores = score_folders(args.pred, args.gt, sequences, args.resolution)
     except (DavisLayoutError, FrameError, MaskError) as err:
-        console.print(f"[red]eval-masks: {err}[/red]", soft_wrap=True, highlight=False)
-        return 1
+        fail("eval-masks", err)
+        return EXIT_FAILED
     console.print(results_table(scores))
     report = json_report(scores)
     if args.json:
@@ -77,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         f"over {len(scores)} sequences",
         highlight=False,
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,64 +21,46 @@ evaluation can promote a model (pipelines/promote.py). Exit status: 0 only when 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from mlflow.exceptions import MlflowException
 
 from core import storage
+from core.cli import EXIT_FAILED, EXIT_OK, fail, overrides_with_flags, stage_parser
 from core.config import ConfigError, load_config
 from evaluation.folders import DavisLayoutError
-from evaluation.runner import EvaluateConfig, console
+from evaluation.runner import EvaluateConfig
 from registry.scores import run
 from registry.versions import RegistryError
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="vos evaluate",
-        description="Segment every sequence of a DAVIS-layout folder with a model, score J&F, "
-        "measure speed and memory, and record the report in MLflow.",
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(
+        "vos evaluate",
+        "Segment every sequence of a DAVIS-layout folder with a model, score J&F, measure "
+        "speed and memory, and record the report in MLflow.",
     )
-    parser.add_argument("--config", help="YAML config (see configs/evaluate_tiny.yaml)")
     parser.add_argument(
         "--model", help="models:/gc-vos@champion, runs:/<id>/model, a checkpoint or .pt"
     )
     parser.add_argument("--data", help="DAVIS root: a folder or an s3:// URL")
     parser.add_argument("--json", help="also write the report to this local JSON file")
-    parser.add_argument(
-        "overrides", nargs="*", help="key=value config overrides (e.g. resolution=0.25)"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    flags = {"model": args.model, "data": args.data}
-    overrides = [
-        *args.overrides,
-        *(f"{key}={json.dumps(value)}" for key, value in flags.items() if value),
-    ]
+    args = parser.parse_args(argv)
+    overrides = overrides_with_flags(args.overrides, {"model": args.model, "data": args.data})
     try:
-        config = load_config(EvaluateConfig, args.config, overrides)
-        report = run(config)
+        report = run(load_config(EvaluateConfig, args.config, overrides))
     except (ConfigError, DavisLayoutError, RegistryError, storage.StorageError, ValueError) as err:
-        console.print(f"[red]evaluate: {err}[/red]", soft_wrap=True, highlight=False)
-        return 1
+        fail("evaluate", err)
+        return EXIT_FAILED
     except MlflowException as err:
-        console.print(
-            f"[red]evaluate: MLflow: {err.message.splitlines()[0]}[/red]", highlight=False
-        )
-        return 1
+        fail("evaluate", f"MLflow: {err.message.splitlines()[0]}")
+        return EXIT_FAILED
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["status"] == "complete" else 1
+    return EXIT_OK if report["status"] == "complete" else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -13,29 +13,36 @@ Rerunning with the same `run.name` resumes from the run's last checkpoint. What 
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ray.train import TrainingFailedError
 
-from core.config import load_config
+from core.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, one_line, stage_parser
+from core.config import ConfigError, load_config
 from training.config import FinetuneConfig
-from training.driver import TrainingResult, main_for, run_training
-
-__all__ = ["main", "run"]
-
-
-def run(config: FinetuneConfig | str | Path, config_file: str | None = None) -> TrainingResult:
-    """Fine-tune from a validated config (or a config file); returns the run's outcome."""
-    if not isinstance(config, FinetuneConfig):
-        config_file = str(config)
-        config = load_config(FinetuneConfig, config)
-    return run_training(config, config_file=config_file)
+from training.driver import PreflightError, run_training
 
 
 def main(argv: list[str] | None = None) -> int:
-    return main_for(FinetuneConfig, argv, description=__doc__)
+    parser = stage_parser(
+        "finetune",
+        __doc__,
+        config_required=True,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    args = parser.parse_args(argv)
+    try:
+        run_training(
+            load_config(FinetuneConfig, args.config, args.overrides), config_file=args.config
+        )
+    except (ConfigError, PreflightError) as err:
+        fail(None, err)  # each names what is wrong and where
+        return EXIT_USAGE
+    except TrainingFailedError as err:  # the workers' tracebacks are in the log above
+        fail("finetune", f"training failed: {one_line(err)[:2000]}")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,34 +22,28 @@ this machine for the duration of the job.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from core.cli import EXIT_OK, EXIT_USAGE, fail, stage_parser
 from core.config import ConfigError, load_config
 from core.storage import StorageError
 from datagen.generate import GenerateConfig, GenerateError, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="generate",
-        description="Generate training clips as WebDataset shards (a Ray job).",
-        epilog="example: python pipelines/generate.py --config configs/generate_demo.yaml clips.size=64",
+    parser = stage_parser(
+        "generate",
+        "Generate training clips as WebDataset shards (a Ray job).",
+        epilog="example: python pipelines/generate.py --config configs/generate_demo.yaml "
+        "clips.size=64",
     )
-    parser.add_argument("--config", help="YAML config file (see configs/generate_*.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config values")
     args = parser.parse_args(argv)
     try:
-        config = load_config(GenerateConfig, args.config, args.overrides)
-        run(config)
+        run(load_config(GenerateConfig, args.config, args.overrides))
     except (ConfigError, StorageError, GenerateError) as err:
-        print(str(err), file=sys.stderr)
-        return 2
-    return 0
+        fail(None, err)  # each names what is wrong and where
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -19,66 +19,49 @@ version lacking a complete evaluation on that set is evaluated first (pipelines/
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow.exceptions import MlflowException
 
+from core.cli import EXIT_FAILED, EXIT_OK, console, fail, overrides_with_flags, stage_parser
 from core.config import ConfigError, load_config
 from core.storage import StorageError
 from evaluation.folders import DavisLayoutError
-from registry.promotion import PromoteConfig, console, run
+from registry.promotion import PromoteConfig, run
 from registry.versions import RegistryError
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="vos promote",
-        description="Register a model version and give it the champion alias when its J&F beats "
-        "the champion's on the same evaluation set by the configured margin.",
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(
+        "vos promote",
+        "Register a model version and give it the champion alias when its J&F beats the "
+        "champion's on the same evaluation set by the configured margin.",
     )
-    parser.add_argument("--config", help="YAML config (see configs/promote.yaml)")
     parser.add_argument("--model", help="architecture or registered model name")
     parser.add_argument("--run-id", help="register this training run's model first")
     parser.add_argument("--version", help="the candidate version (default: the challenger)")
-    parser.add_argument("--margin", help="J&F margin (0..1)")
+    parser.add_argument("--margin", type=float, help="J&F margin (0..1)")
     parser.add_argument("--force", action="store_true", help="promote without the gate")
     parser.add_argument("--reason", help="why (required with --force)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # flag values are quoted so that YAML reads them as the strings they are ("fix: x", "7")
+    args = parser.parse_args(argv)
     flags = {
         "model": args.model,
         "run_id": args.run_id,
         "version": args.version,
         "reason": args.reason,
+        "margin": args.margin,
+        "force": args.force or None,
     }
-    overrides = [
-        *args.overrides,
-        *(f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None),
-    ]
-    if args.margin is not None:
-        overrides.append(f"margin={args.margin}")
-    if args.force:
-        overrides.append("force=true")
     try:
-        config = load_config(PromoteConfig, args.config, overrides)
-        decision = run(config)
+        decision = run(
+            load_config(PromoteConfig, args.config, overrides_with_flags(args.overrides, flags))
+        )
     except (ConfigError, RegistryError, DavisLayoutError, StorageError) as err:
-        console.print(f"[red]promote: {err}[/red]", soft_wrap=True, highlight=False)
-        return 1
+        fail("promote", err)
+        return EXIT_FAILED
     except MlflowException as err:
-        console.print(f"[red]promote: MLflow: {err.message.splitlines()[0]}[/red]", highlight=False)
-        return 1
+        fail("promote", f"MLflow: {err.message.splitlines()[0]}")
+        return EXIT_FAILED
     colour = "green" if decision.moves_champion else "yellow"
     console.print(
         f"[{colour}]{decision.outcome}[/{colour}]: version {decision.version} "
@@ -86,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         soft_wrap=True,
         highlight=False,
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

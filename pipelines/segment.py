@@ -13,26 +13,22 @@ at the frames' own size (probabilities upsampled bilinearly, then the most proba
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from core.cli import EXIT_FAILED, EXIT_OK, console, fail, overrides_with_flags, stage_parser
 from core.config import ConfigError, load_config
 from core.masks import MaskError
-from evaluation.segment import RESOLUTION_HELP, SegmentConfig, console, run
+from evaluation.segment import RESOLUTION_HELP, SegmentConfig, run
+
+FLAGS = ("model", "frames", "mask", "out", "overlay")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="vos segment",
-        description="Segment a folder of frames given the mask of the first frame; writes one "
-        "palette PNG mask per frame, named like the frame.",
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_parser(
+        "vos segment",
+        "Segment a folder of frames given the mask of the first frame; writes one palette PNG "
+        f"mask per frame, named like the frame. Settings: resolution ({RESOLUTION_HELP}), device.",
     )
-    parser.add_argument("--config", help="YAML config with the keys below (flags win)")
     parser.add_argument(
         "--model", help="models:/gc-vos@champion, runs:/<id>/model, a checkpoint or .pt"
     )
@@ -40,40 +36,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask", help="mask of the first frame (palette or 0/255 PNG)")
     parser.add_argument("--out", help="output folder for the masks")
     parser.add_argument("--overlay", help="also write an overlay animation (.gif or .mp4)")
-    parser.add_argument(
-        "overrides", nargs="*", help=f"key=value settings, e.g. resolution=0.5 ({RESOLUTION_HELP})"
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    flags = {key: getattr(args, key) for key in ("model", "frames", "mask", "out", "overlay")}
-    # quoted, so that YAML reads paths and URIs as the strings they are
-    overrides = [
-        *args.overrides,
-        *(f"{key}={json.dumps(value)}" for key, value in flags.items() if value),
-    ]
+    args = parser.parse_args(argv)
+    overrides = overrides_with_flags(args.overrides, {key: getattr(args, key) for key in FLAGS})
     try:
-        config = load_config(SegmentConfig, args.config, overrides)
-        result = run(config)
+        result = run(load_config(SegmentConfig, args.config, overrides))
     except (ConfigError, MaskError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]segment: {err}[/red]", soft_wrap=True, highlight=False)
-        return 1
+        fail("segment", err)
+        return EXIT_FAILED
     except Exception as err:  # model loading from MLflow or storage: say what, in one line
         if type(err).__module__.split(".")[0] not in ("mlflow", "botocore", "fsspec", "s3fs"):
             raise
-        console.print(
-            f"[red]segment: {type(err).__name__}: {str(err).splitlines()[0]}[/red]", highlight=False
-        )
-        return 1
+        fail("segment", f"{type(err).__name__}: {str(err).splitlines()[0]}")
+        return EXIT_FAILED
     overlay_note = f", overlay {result.overlay}" if result.overlay else ""
     console.print(
         f"segmented {result.frames} frames ({result.objects} object(s)) in {result.seconds:.1f} s "
         f"({result.fps:.1f} frames/s): masks in {result.out}{overlay_note}",
         highlight=False,
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

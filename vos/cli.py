@@ -6,9 +6,9 @@
     vos retrain                            scheduled retraining (orchestration)
     vos demo                               the whole pipeline end to end on tiny settings
 
-Each stage command forwards its arguments to the stage's own `main(argv)`, so
-`vos pretrain --config configs/pretrain_tiny.yaml train.steps=20` is the same as
-`python pipelines/pretrain.py --config configs/pretrain_tiny.yaml train.steps=20`.
+Each stage command runs the stage's script with the same arguments, so
+`vos pretrain --config configs/pretrain_tiny.yaml train.epochs=1` is the same as
+`python pipelines/pretrain.py --config configs/pretrain_tiny.yaml train.epochs=1`.
 When the local stack is up, stages use it (Ray, MLflow) unless the environment already
 names another cluster or tracking server.
 """
@@ -16,17 +16,17 @@ names another cluster or tracking server.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import runpy
 import sys
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from core.cli import console
 from vos.stack import DEFAULT_ROOT, LocalStack, StackPorts
 
-# command -> (module with main(argv), one-line summary)
+# command -> (the script's module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pipelines.generate", "make training clips and write WebDataset shards"),
     "pretrain": ("pipelines.pretrain", "pretrain a model on synthetic clips with Ray Train"),
@@ -39,7 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vos.demo", "run the whole pipeline end to end on tiny settings"),
 }
 
-console = Console()
 
 
 def stack_root() -> Path:
@@ -140,8 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]vos: unknown command {command!r}[/red] (see `vos --help`)")
         return 2
     use_local_stack()
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    return run_script(COMMANDS[command][0], rest)
+
+
+def run_script(module: str, argv: list[str]) -> int:
+    """Run a stage script (or `vos demo`, `vos retrain`) as `python -m module argv` would, in
+    this process; its exit status."""
+    saved = sys.argv
+    sys.argv = [module, *argv]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from core import storage
+from core.cli import console
 from core.config import load_config
 from datagen import generate
 from datagen.procedural import write_procedural_images, write_procedural_videos
@@ -42,7 +42,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DAVIS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "davis2016-sample"
 FRAME_SIZE = (160, 120)
 
-console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -85,7 +85,7 @@ def test_perturbed_predictions_match_the_official_code(davis_subset, tmp_path, c
 
 def run_expecting_error(capsys, pred, gt):
     assert eval_masks.main(["--pred", str(pred), "--gt", str(gt)]) == 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     return lines[0]
 

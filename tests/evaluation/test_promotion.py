@@ -158,5 +158,5 @@ def test_force_needs_a_reason_and_is_recorded(client, logged_run, monkeypatch):
 
 def test_promote_errors_are_one_line(client, capsys):
     assert promote.main(["--model", new_model_name()]) == 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "no version holds challenger" in lines[0]

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from core.config import load_config
 from core.masks import read_mask
 from evaluation.runner import EvaluationSettings
-from pipelines import generate, pretrain, promote, segment
+from pipelines import generate, promote, segment
+from training.driver import run_training
 from registry.versions import CHALLENGER, CHAMPION
 from tracking.model_store import load_model
 from training.config import PretrainConfig
@@ -34,7 +35,7 @@ def test_train_register_evaluate_promote_load_and_segment(
             ["source.procedural.count=8", f"output.url={shards}", "clips.clips_per_shard=4"],
         )
     )
-    trained = pretrain.run(
+    trained = run_training(
         load_config(
             PretrainConfig,
             "configs/pretrain_tiny.yaml",

@@ -51,7 +51,7 @@ def test_processing_size():
 
 def error_line(capsys, argv) -> str:
     assert segment.main(argv) == 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     return lines[0]
 

@@ -83,8 +83,8 @@ def tiny_config(schema, config_file: str, *overrides: str):
 @pytest.fixture(scope="session")
 def s3_pretrain_run(s3_image_shards, s3_endpoint, ray_driver, mlflow_server):
     """(config, TrainingResult) of a 2-worker pretraining run with shards and checkpoints on S3."""
-    from pipelines import pretrain
     from training.config import PretrainConfig
+    from training.driver import run_training
 
     bucket = s3_endpoint.make_bucket("training-runs")
     config = tiny_config(
@@ -97,7 +97,7 @@ def s3_pretrain_run(s3_image_shards, s3_endpoint, ray_driver, mlflow_server):
         "run.keep_checkpoints=2",
         "run.record_sample_keys=true",
     )
-    return config, pretrain.run(config, config_file=str(REPO / "configs" / "pretrain_tiny.yaml"))
+    return config, run_training(config, config_file=str(REPO / "configs" / "pretrain_tiny.yaml"))
 
 
 @pytest.fixture(scope="session")

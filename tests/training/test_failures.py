@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
 from core.config import load_config
-from pipelines import pretrain
+from training.driver import run_training
 from training.config import PretrainConfig
 
 CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "pretrain_tiny.yaml"
@@ -64,7 +64,7 @@ def test_a_killed_worker_is_replaced_and_training_continues(
 
     def train() -> None:
         try:
-            outcome["result"] = pretrain.run(config)
+            outcome["result"] = run_training(config)
         except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
             outcome["error"] = err
 

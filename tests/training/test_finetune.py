@@ -13,7 +13,7 @@ from webdataset.tariterators import tarfile_samples
 
 from core import storage
 from models import build_model
-from pipelines import finetune
+from training.driver import run_training
 from tracking import model_store
 from training.config import FinetuneConfig
 
@@ -59,7 +59,7 @@ def test_finetuning_starts_from_the_champion_and_follows_the_curriculum(
         "curriculum.grow_by=1",
         f"train.epochs={len(LIMITS)}",
     )
-    result = finetune.run(config)
+    result = run_training(config)
 
     # every epoch trained only on clips within that epoch's frame-gap limit, and the limit grew
     skips = clip_skips(local_video_shards)

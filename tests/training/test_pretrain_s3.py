@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from core import storage
 from datagen.reader import ClipStream
 from models import VOSNetwork
-from pipelines import pretrain
+from training.driver import run_training
 from tracking import model_store
 from training.config import PretrainConfig
 
@@ -116,7 +116,7 @@ def test_a_rerun_with_the_same_name_resumes_with_its_optimizer_state(s3_pretrain
     data = config.model_dump()
     data["run"]["name"] = first.run_name
     data["train"]["epochs"] = config.train.epochs + 1
-    second = pretrain.run(PretrainConfig.model_validate(data))
+    second = run_training(PretrainConfig.model_validate(data))
     assert second.run_name == first.run_name
     assert second.mlflow_run_id == first.mlflow_run_id
     assert second.metrics["start_step"] == first.metrics["step"]
