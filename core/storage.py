@@ -187,9 +187,25 @@ def _check_local(path: str, write: bool) -> None:
         raise StorageError(f"storage {path}: the folder is not writable")
 
 
+_SET_CREDENTIALS = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or give the machine an "
+    "instance role"
+)
+_REJECTED_CODES = (
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+)
+
+
 def _check_s3(url: str, write: bool) -> None:
+    """An authenticated call (HEAD on the bucket, and a PUT and DELETE when `write`): what every
+    later read and write needs, so missing credentials fail here and not in every task."""
     import boto3
-    import botocore.exceptions
+    import botocore.exceptions as boto_errors
     from botocore.config import Config
 
     parsed = urlparse(url)
@@ -198,31 +214,40 @@ def _check_s3(url: str, write: bool) -> None:
     where = f"storage {url} (endpoint {endpoint or 'AWS default'})"
     if not bucket:
         raise StorageError(f"storage {url}: no bucket in the URL (expected s3://bucket/prefix)")
-    session = boto3.session.Session()
-    if session.get_credentials() is None:
-        raise StorageError(
-            f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            "AWS_PROFILE or an instance role)"
-        )
-    client = session.client(
-        "s3",
-        endpoint_url=endpoint,
-        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}),
-    )
     try:
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 1}),
+        )
         client.head_bucket(Bucket=bucket)
         if write:
             probe = f"{prefix}/.vos-write-check-{uuid.uuid4().hex}".lstrip("/")
             client.put_object(Bucket=bucket, Key=probe, Body=b"")
             client.delete_object(Bucket=bucket, Key=probe)
-    except botocore.exceptions.ClientError as err:
+    except boto_errors.NoCredentialsError:
+        raise StorageError(f"{where}: no AWS credentials found ({_SET_CREDENTIALS})") from None
+    except boto_errors.PartialCredentialsError as err:
+        missing = err.kwargs.get("cred_var", "a credential")
+        raise StorageError(
+            f"{where}: partial AWS credentials ({err.kwargs.get('provider', 'env')}): "
+            f"{missing} is missing (set it too)"
+        ) from None
+    except boto_errors.ProfileNotFound as err:
+        raise StorageError(
+            f"{where}: AWS profile {err.kwargs.get('profile')!r} (AWS_PROFILE) is not in the AWS "
+            "config or credentials file"
+        ) from None
+    except (boto_errors.CredentialRetrievalError, boto_errors.TokenRetrievalError) as err:
+        raise StorageError(f"{where}: cannot get AWS credentials: {_one_line(err)}") from None
+    except boto_errors.ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise StorageError(f"{where}: bucket {bucket!r} does not exist") from None
-        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        if code in _REJECTED_CODES:
             raise StorageError(f"{where}: access denied ({code}); check the credentials") from None
         raise StorageError(f"{where}: {code or _one_line(err)}") from None
-    except botocore.exceptions.BotoCoreError as err:
+    except boto_errors.BotoCoreError as err:
         raise StorageError(f"{where}: cannot be reached: {_one_line(err)}") from None
 
 

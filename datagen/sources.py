@@ -5,13 +5,10 @@ usable sources, the files it had to skip (with a reason each) and a fingerprint 
 saw. Loading a source decodes its pixels and checks them; a bad file raises `BadInput`,
 which the shard builder counts and skips, so bad input never stops a job.
 
-Masks become integer labels (0 = background, 1..N = objects) by these rules:
-
-    palette ("P") masks          the palette index is the object id (DAVIS 2017, YouTube-VOS)
-    values within {0, 255}       binary: 255 -> object 1 (DAVIS 2016, saliency datasets)
-    values within 0..20          already object ids
-    >= 95 % of pixels 0 or 255   anti-aliased binary mask: thresholded at 128
-    anything else                skipped as "unexpected mask values" (e.g. a photo or a colour map)
+Images and masks are decoded by `core.masks`, the one decoder every part shares: 16-bit
+images are scaled to 8 bits, masks become labels (0 = background, 1..N = objects, void 255
+-> 0) by the rules in its docstring; a mask no rule reads is skipped as "unexpected mask
+values" (e.g. a photo or a soft saliency map).
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
+from core import masks
 from core.storage import filesystem, read_bytes
 from datagen import procedural
 
@@ -117,7 +115,7 @@ def _load(image: Image.Image, source: str) -> None:
 
 def _rgb(image: Image.Image) -> np.ndarray:
     """uint8 [H, W, 3] (no conversion copy when the image is RGB already)."""
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return masks.frame_rgb(image)
 
 
 def decode_image(data: bytes, source: str) -> np.ndarray:
@@ -128,40 +126,17 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
 
 
 def decode_mask(data: bytes, source: str) -> np.ndarray:
-    """Object labels uint8 [H, W] by the rules in the module docstring."""
+    """Object labels uint8 [H, W] by the rules of `core.masks`."""
     mask = _open(data, source)
     _load(mask, source)
     return _labels(mask, source)
 
 
 def _labels(mask: Image.Image, source: str) -> np.ndarray:
-    if mask.mode == "P":
-        return np.asarray(mask, dtype=np.uint8)
-    if mask.mode in ("RGB", "RGBA"):
-        rgb = np.asarray(mask.convert("RGB"))
-        if not (
-            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
-        ):
-            raise BadInput(BAD_MASK_VALUES, source, "colour mask; expected palette or grey levels")
-        values = rgb[..., 0]
-    elif mask.mode == "1":
-        return np.asarray(mask, dtype=np.uint8)
-    elif mask.mode in ("L", "LA"):
-        values = np.asarray(mask.convert("L"))
-    else:  # 16/32-bit grey: only small ids make sense
-        wide = np.asarray(mask)
-        if wide.min() < 0 or wide.max() > 255:
-            raise BadInput(BAD_MASK_VALUES, source, f"{mask.mode} values outside 0..255")
-        values = wide.astype(np.uint8)
-    counts = np.bincount(values.ravel(), minlength=256)
-    present = np.flatnonzero(counts)
-    if set(present.tolist()) <= {0, 255}:
-        return (values == 255).astype(np.uint8)
-    if present.max() <= 20:
-        return values.copy()
-    if (counts[0] + counts[255]) >= 0.95 * values.size:
-        return (values >= 128).astype(np.uint8)
-    raise BadInput(BAD_MASK_VALUES, source, f"{len(present)} distinct grey levels")
+    try:
+        return masks.mask_labels(mask, source)
+    except masks.PixelFormatError as err:
+        raise BadInput(BAD_MASK_VALUES, source, err.problem) from None
 
 
 def load_pair(image_bytes: bytes, mask_bytes: bytes, image_id: str, mask_id: str):

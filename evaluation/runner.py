@@ -47,7 +47,7 @@ class EvaluationSettings(StrictModel):
     )
     annotations: str = Field("480p", description="DAVIS resolution folder (480p | Full-Resolution)")
     sequences: list[str] | None = Field(None, description="sequence names (default: all)")
-    resolution: str | float = Field("original", description=f"model input size: {RESOLUTION_HELP}")
+    resolution: str | float = Field("model", description=f"model input size: {RESOLUTION_HELP}")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     workers: int = Field(1, ge=1, description="parallel Ray tasks (1: in this process)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs (and torch threads) per Ray task")

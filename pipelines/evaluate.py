@@ -4,7 +4,8 @@
 
 Every sequence (`DAVIS_ROOT/JPEGImages/480p/<seq>/`, ground truth in `Annotations/480p/`) goes
 through the model's streaming `VideoSegmenter` from its first-frame mask, at the configured
-`resolution` (`original`, `<N>p` or a scale: tiny models see small frames); the masks are
+`resolution` (`model`, the default: the size the model was trained at; `original`, `<N>p`
+or a scale); the masks are
 written at full size under `out` and scored with the DAVIS measures (evaluation/metrics.py).
 Frames per second count the model's time only; peak memory is the peak RSS of the process
 that ran the sequence (CPU) or `torch.cuda.max_memory_allocated` (GPU), plus the bytes held

@@ -6,9 +6,9 @@
 Frames (jpg/png, in name order) are read one at a time and fed to the model's streaming
 `VideoSegmenter`, so memory does not grow with the video for `gc` (its memory is a fixed-size
 global context). Each frame's labels are written as a palette PNG named like the frame; the
-first frame's mask is the one given. `resolution` sets the size the model sees: `original`,
-`<N>p` (short side N pixels, e.g. `120p`) or a scale in (0, 1]; the masks are always written
-at the frames' own size (probabilities upsampled bilinearly, then the most probable label).
+first frame's mask is the one given. `resolution` sets the size the model sees: `model` (the
+default: the size it was trained at), `original`, `<N>p` (short side N pixels, e.g. `120p`)
+or a scale in (0, 1]; the masks are always written at the frames' own size (probabilities upsampled bilinearly, then the most probable label).
 """
 
 from __future__ import annotations

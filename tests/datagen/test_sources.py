@@ -1,4 +1,5 @@
-"""Sources: pairing rules, mask rules, bad input, video layouts, procedural determinism."""
+"""Sources: pairing rules, decoding (core's decoder), bad input, video layouts, procedural
+determinism."""
 
 from __future__ import annotations
 
@@ -6,22 +7,20 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from core.masks import mask_labels
 from datagen import procedural, sources
-from datagen.sources import BadInput, decode_mask, scan_davis, scan_image_folders, scan_youtube
+from datagen.sources import (
+    BadInput,
+    decode_image,
+    decode_mask,
+    load_pair,
+    scan_davis,
+    scan_image_folders,
+    scan_youtube,
+)
+from tests.core.mask_cases import BAD_MASKS, MASK_CASES, png
 from tests.datagen.conftest import GOOD_PAIRS, PLANTED_BAD
-
-
-def _png(array: np.ndarray, mode: str | None = None, palette: bool = False) -> bytes:
-    import io
-
-    image = Image.fromarray(array, mode) if mode else Image.fromarray(array)
-    if palette:
-        image.putpalette(procedural.DAVIS_PALETTE)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_separate_folders_pair_by_stem_and_report_unmatched(image_folder):
@@ -82,27 +81,29 @@ def test_every_kind_of_bad_input_is_counted_by_reason(bad_image_folder):
     assert reasons == Counter(PLANTED_BAD)
 
 
-def test_mask_rules():
-    binary = np.zeros((8, 8), np.uint8)
-    binary[2:5, 2:5] = 255
-    assert set(np.unique(decode_mask(_png(binary), "m"))) == {0, 1}
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_masks_decode_as_the_core_decoder_does(case):
+    data, expected = MASK_CASES[case]
+    decoded = decode_mask(data, "m.png")
+    np.testing.assert_array_equal(decoded, mask_labels(data, "m.png"))
+    np.testing.assert_array_equal(decoded, expected)
 
-    ids = np.zeros((8, 8), np.uint8)
-    ids[0, :3], ids[5, :3] = 1, 3
-    assert set(np.unique(decode_mask(_png(ids, "P", palette=True), "m"))) == {0, 1, 3}
-    assert set(np.unique(decode_mask(_png(ids), "m"))) == {0, 1, 3}  # small grey ids
 
-    soft = np.zeros((40, 40), np.uint8)
-    soft[10:30, 10:30] = 255
-    soft[10, 10:30] = 140  # anti-aliased edge
-    decoded = decode_mask(_png(soft), "m")
-    assert decoded[10, 15] == 1 and decoded[5, 5] == 0
-
-    rgb = np.zeros((8, 8, 3), np.uint8)
-    rgb[1, 1] = (255, 0, 0)
+@pytest.mark.parametrize("case", BAD_MASKS)
+def test_a_mask_no_rule_reads_is_skipped_with_its_name(case):
     with pytest.raises(BadInput) as error:
-        decode_mask(_png(rgb), "colour.png")
-    assert error.value.reason == sources.BAD_MASK_VALUES and "colour.png" in str(error.value)
+        decode_mask(BAD_MASKS[case][0], "masks/x.png")
+    assert error.value.reason == sources.BAD_MASK_VALUES
+    assert str(error.value).startswith("masks/x.png: unexpected mask values (")
+
+
+def test_a_16_bit_grey_image_is_scaled_not_white():
+    ramp = np.linspace(0, 65535, 100 * 160).reshape(100, 160).astype(np.uint16)  # mean 32767.5
+    image, labels = load_pair(png(ramp), MASK_CASES["0/255 binary"][0], "x.png", "m.png")
+    assert image.shape == (100, 160, 3) and image.dtype == np.uint8
+    assert abs(image.mean() - 127.5) < 0.5  # was ~252: PIL clips 16-bit values to white
+    np.testing.assert_array_equal(decode_image(png(ramp), "x.png"), image)
+    assert labels.sum() == 400
 
 
 def test_davis_layout(davis_folder):

@@ -85,13 +85,31 @@ def test_unreachable_endpoint_fails_fast_in_one_line(monkeypatch):
     assert "testing-secret-value" not in message
 
 
-def test_missing_credentials_fail_in_one_line(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("credentials", "says"),
+    [
+        ({}, "no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        ({"AWS_ACCESS_KEY_ID": "testing"}, "AWS_SECRET_ACCESS_KEY is missing"),
+        ({"AWS_PROFILE": "nowhere"}, "AWS profile 'nowhere' (AWS_PROFILE) is not in the AWS"),
+    ],
+    ids=["none", "partial", "unknown profile"],
+)
+@pytest.mark.parametrize("write", [True, False], ids=["output", "source"])
+def test_missing_credentials_fail_the_check_in_one_line(
+    credentials, says, write, s3_endpoint, monkeypatch, tmp_path
+):
+    """On a reachable endpoint with an existing bucket: the check is an authenticated call."""
+    bucket = s3_endpoint.make_bucket("datagen-credentials")
     for name in list(os.environ):
-        if name.startswith("AWS_") and name != "AWS_CA_BUNDLE":
+        if name.startswith("AWS_") and name not in ("AWS_CA_BUNDLE", "AWS_ENDPOINT_URL"):
             monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    with pytest.raises(StorageError, match="no AWS credentials"):
-        check_storage("s3://bucket/prefix")
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StorageError) as error:
+        check_storage(f"{bucket}/set", write=write)
+    message = str(error.value)
+    assert says in message and "\n" not in message
+    assert message.startswith(f"storage {bucket}/set (endpoint {s3_endpoint.url})")

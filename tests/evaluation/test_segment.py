@@ -1,4 +1,5 @@
-"""`vos segment` on a real DAVIS sequence with a tiny model, and its one-line errors."""
+"""`vos segment` on a real DAVIS sequence with a tiny model, its internal size, and its one-line
+errors (which leave no partial output)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import shutil
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.masks import read_mask
-from evaluation.segment import processing_size
+from evaluation.segment import SegmentConfig, internal_size, segment_video
+from models import build_model
 from pipelines import segment
 
 
@@ -41,12 +44,50 @@ def test_segments_a_sequence_with_overlay(davis_subset, tiny_model_file, tmp_pat
     assert f"segmented {len(names)} frames" in capsys.readouterr().out
 
 
-def test_processing_size():
-    assert processing_size(480, 854, "original") == (480, 854)
-    assert processing_size(480, 854, "120p") == (120, 214)
-    assert processing_size(480, 854, 0.5) == (240, 427)
-    with pytest.raises(ValueError, match="resolution must be"):
-        processing_size(480, 854, "huge")
+def test_resolution_becomes_the_segmenters_internal_size():
+    assert internal_size("model", (480, 854)) == "train"
+    assert internal_size("original", (480, 854)) == "original"
+    assert internal_size("120p", (480, 854)) == 120
+    assert internal_size(0.5, (480, 854)) == 240
+    assert SegmentConfig(model="m", frames="f", mask="m.png", out="o").resolution == "model"
+    with pytest.raises(ValueError, match="resolution must be model"):
+        internal_size("huge", (480, 854))
+
+
+def encoder_input_sizes(net) -> tuple[list, object]:
+    """The (H, W) of every frame the query encoder sees (padded to 16), and the hook."""
+    sizes = []
+    hook = net.query_encoder.register_forward_pre_hook(
+        lambda _, args: sizes.append(tuple(args[0].shape[-2:]))
+    )
+    return sizes, hook
+
+
+@pytest.mark.parametrize(
+    ("resolution", "padded"),
+    [
+        (None, (32, 64)),  # the default: the model's train_size, 32 -> 32x51
+        ("original", (64, 112)),  # 61x97
+        ("40p", (48, 64)),  # 40x64
+        (0.5, (32, 48)),  # short side round(30.5) = 30 -> 30x48
+    ],
+)
+def test_segments_at_the_internal_size_and_returns_masks_at_the_frame_size(resolution, padded):
+    torch.manual_seed(0)
+    net = build_model("gc", size="tiny", train_size=32)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (61, 97, 3), dtype=np.uint8) for _ in range(3)]
+    first = np.zeros((61, 97), np.uint8)
+    first[10:40, 20:60] = 1
+    options = {} if resolution is None else {"resolution": resolution}
+    sizes, hook = encoder_input_sizes(net)
+    try:
+        steps = list(segment_video(net, frames, first, **options))
+    finally:
+        hook.remove()
+    assert sizes == [padded, padded]  # frames 1 and 2 (frame 0's mask is given)
+    assert [step.labels.shape for step in steps] == [(61, 97)] * 3
+    np.testing.assert_array_equal(steps[0].labels, first)
 
 
 def error_line(capsys, argv) -> str:
@@ -69,7 +110,7 @@ def test_clear_errors(davis_subset, tiny_model_file, tmp_path, capsys):
     (broken / "00004.jpg").write_bytes(b"\xff\xd8 truncated")
     line = error_line(capsys, [*base, "--frames", str(broken), "--mask", str(mask)])
     assert "00004.jpg: cannot read frame" in line
-    assert (tmp_path / "out" / "00003.png").exists()  # what was done before stays
+    assert not (tmp_path / "out").exists()  # found from the headers, before any work
 
     small = tmp_path / "small.png"
     Image.fromarray(np.full((240, 427), 255, np.uint8)).save(small)
@@ -80,3 +121,28 @@ def test_clear_errors(davis_subset, tiny_model_file, tmp_path, capsys):
         capsys, [*base, "--frames", str(frames), "--mask", str(mask), "--overlay", "x.avi"]
     )
     assert "overlay must end in .gif or .mp4" in line
+
+
+def test_a_failed_run_leaves_no_partial_output(davis_subset, tiny_model_file, tmp_path, capsys):
+    frames, mask = frames_and_mask(davis_subset)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.png").write_bytes(b"from an earlier run")
+    base = ["--model", str(tiny_model_file), "--out", str(out), "--mask", str(mask)]
+    base += ["resolution=64p", "device=cpu"]
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(frames, mixed)
+    Image.open(mixed / "00003.jpg").resize((427, 240)).save(mixed / "00003.jpg")
+    line = error_line(capsys, [*base, "--frames", str(mixed)])
+    assert f"{mixed / '00003.jpg'}: frame is 427x240 but the first frame is 854x480" in line
+
+    truncated = tmp_path / "truncated"  # a good header: found only when frame 5 is decoded
+    shutil.copytree(frames, truncated)
+    data = (truncated / "00005.jpg").read_bytes()
+    (truncated / "00005.jpg").write_bytes(data[: len(data) // 2])
+    line = error_line(capsys, [*base, "--frames", str(truncated)])
+    assert "00005.jpg: cannot read frame" in line
+
+    assert [path.name for path in out.iterdir()] == ["earlier.png"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["mixed", "out", "truncated"]
