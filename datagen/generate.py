@@ -17,6 +17,7 @@ from core import cluster
 from core.cli import console, progress_bar
 from core.config import StrictModel, config_hash
 from core.storage import (
+    StorageError,
     check_storage,
     exists,
     filesystem,
@@ -28,7 +29,13 @@ from datagen import sources as datagen_sources
 from datagen.manifest import build_manifest, manifest_url, read_manifest, write_manifest
 from datagen.plan import plan_shards
 from datagen.shards import ShardResult, ShardSpec, build_shard
-from datagen.synthesis import VIDEO_SETTINGS, ClipSettings
+from datagen.synthesis import (
+    VIDEO_SETTINGS,
+    ClipSettings,
+    VideoWindow,
+    window_positions,
+    window_short_side,
+)
 
 
 class GenerateError(RuntimeError):
@@ -74,11 +81,22 @@ class SourceSection(StrictModel):
 
 
 class ClipsSection(StrictModel):
+    """What is made. Image sources give `clips_per_source` fixed 3-frame clips each: the
+    variety a pretraining run sees (training varies only their flip, colour and crop), so give
+    enough images x clips_per_source for the run (training warns when an epoch plan replays each
+    clip more than 10 times). Video sources are cut into windows of consecutive frames that
+    hold clips with gaps up to `max_skip` raw frames; training draws a fresh clip from each
+    window every epoch (`clips_per_source` does not apply to them)."""
+
     size: int = Field(384, ge=32, le=2048)
-    clips_per_source: int = Field(1, gt=0)  # images: clips per image; videos: per sequence
-    num_clips: int | None = Field(None, gt=0)  # None: every source clips_per_source times
-    clips_per_shard: int = Field(256, gt=0)
-    max_skip: int = Field(25, gt=0)  # videos: largest gap between a clip's frames
+    clips_per_source: int = Field(1, gt=0)  # images: clips per image
+    num_clips: int | None = Field(
+        None, gt=0
+    )  # None: every image clips_per_source times / every window
+    clips_per_shard: int = Field(256, gt=0)  # samples per shard (clips, or video windows)
+    max_skip: int = Field(25, gt=0)  # videos: largest gap a window holds, in raw video frames
+    window_stride: int | None = Field(None, gt=0)  # videos: raw frames between window starts
+    window_margin: float = Field(0.15, ge=0, le=1)  # videos: shorter side (1 + margin) x size
     min_object_area: float = Field(0.01, ge=0, lt=1)  # fraction of the crop
     min_visible: float = Field(0.5, ge=0, le=1)  # fraction of the object that stays in view
     max_attempts: int = Field(20, gt=0)
@@ -86,7 +104,8 @@ class ClipsSection(StrictModel):
 
 
 class AugmentationSection(StrictModel):
-    """Per-frame geometry; defaults: the papers' ranges for images, milder ones for videos."""
+    """Per-frame geometry of image clips (the papers' ranges by default). Video windows are
+    stored unwarped; training flips, colour-jitters and crop-jitters the clips it draws."""
 
     rotation: tuple[float, float] = (-30.0, 30.0)  # degrees
     scale: tuple[float, float] = (0.75, 1.25)
@@ -150,6 +169,9 @@ class GenerateConfig(StrictModel):
         data = self.model_dump(mode="json", include={"source", "clips", "augmentation", "seed"})
         if not self.source.kind.startswith("procedural"):
             data["source"].pop("procedural")
+        if not self.source.is_video:  # unchanged by the video options: image sets keep their hash
+            for name in ("window_stride", "window_margin"):
+                data["clips"].pop(name)
         return data
 
     def clip_settings(self) -> ClipSettings:
@@ -165,6 +187,8 @@ class GenerateConfig(StrictModel):
             min_visible=clips.min_visible,
             max_attempts=clips.max_attempts,
             max_skip=clips.max_skip,
+            window_stride=clips.window_stride,
+            window_margin=clips.window_margin,
         )
 
 
@@ -230,6 +254,24 @@ def _check_existing_set(set_url: str, content_hash: str, overwrite: bool) -> Non
     remove(location)  # the set is incomplete from now until the new manifest is written
 
 
+def _check_storage_from_a_task(set_url: str) -> None:
+    """Check the output storage from a Ray task too: the workers' credentials and endpoint come
+    from their own nodes, not from this driver (one line instead of a traceback per task)."""
+    import ray
+
+    def problem_with(url: str) -> str | None:
+        try:
+            check_storage(url)
+        except StorageError as err:
+            return str(err)
+        return None
+
+    task = ray.remote(problem_with).options(num_cpus=0, runtime_env=cluster.runtime_env())
+    problem = ray.get(task.remote(set_url))
+    if problem:
+        raise GenerateError(f"on the cluster's workers: {problem}")
+
+
 def _make_shards(specs: list[ShardSpec], set_url: str, section: RaySection, progress) -> list:
     """One Ray task per shard, at most `max_tasks_in_flight` at a time; `progress(result)`."""
     import ray
@@ -280,8 +322,8 @@ def plan_set(config: GenerateConfig) -> SetPlan:
     kind = "video" if config.source.is_video else "image"
     content_hash = config_hash(content)
     planned = plan_shards(
-        found.sources,
-        clips_per_source=config.clips.clips_per_source,
+        video_windows(found.sources, settings) if kind == "video" else found.sources,
+        clips_per_source=config.clips.clips_per_source if kind == "image" else 1,
         clips_per_shard=config.clips.clips_per_shard,
         seed=config.seed,
         num_clips=config.clips.num_clips,
@@ -291,6 +333,17 @@ def plan_set(config: GenerateConfig) -> SetPlan:
         for index, clips in enumerate(planned)
     ]
     return SetPlan(config, found, content, content_hash, kind, settings, specs)
+
+
+def video_windows(videos: list, settings: ClipSettings) -> list[VideoWindow]:
+    """Every video's windows (see `datagen.synthesis.window_positions`), in scan order."""
+    return [
+        VideoWindow(video, positions)
+        for video in videos
+        for positions in window_positions(
+            video.frame_indices(), settings.max_skip, settings.window_stride, settings.num_frames
+        )
+    ]
 
 
 def write_set_manifest(plan: SetPlan, results: list[ShardResult]) -> tuple[str, dict]:
@@ -308,6 +361,10 @@ def write_set_manifest(plan: SetPlan, results: list[ShardResult]) -> tuple[str, 
         frames=plan.settings.num_frames,
         shard_records=[result.record for result in results],
         skipped=skipped,
+        window={
+            "max_skip": plan.settings.max_skip,
+            "short_side": window_short_side(plan.settings),
+        },
     )
     return write_manifest(plan.config.output.set_url, manifest), manifest
 
@@ -329,6 +386,7 @@ def run(config: GenerateConfig) -> dict:
 
     started_ray = cluster.connect(config.ray.address, config.ray.num_cpus)
     try:
+        _check_storage_from_a_task(set_url)
         with progress_bar() as bar:
             task = bar.add_task("making shards", total=plan.total_clips)
             results = _make_shards(
