@@ -19,16 +19,18 @@ from pathlib import Path
 
 import pytest
 
-from vos.stack import LocalStack, StackPorts, free_port
+from vos.stack import LOOPBACK_RAY_ENV, LocalStack, StackPorts, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Ray reads its token-auth settings once, when it is first imported, and test modules import it
-# while they are collected, before any fixture runs. So the test stack's folder (and with it
-# its token file) is chosen here, and exported before anything imports Ray.
+# Ray reads its token-auth settings (and whether 127.0.0.1 stays 127.0.0.1) once, when it is
+# first imported, and test modules import it while they are collected, before any fixture runs.
+# So the test stack's folder (and with it its token file) is chosen here, and exported before
+# anything imports Ray.
 TEST_STACK_ROOT = Path(tempfile.mkdtemp(prefix="vos-test-stack-"))
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(LocalStack(TEST_STACK_ROOT).token_file)
+os.environ.update(LOOPBACK_RAY_ENV)
 DAVIS_SAMPLE = Path(
     os.environ.get("VOS_TEST_DAVIS", REPO_ROOT.parent / "shared" / "data" / "davis2016-sample")
 )

@@ -89,7 +89,9 @@ def stack_main(argv: list[str]) -> int:
         return 0
     if args.action == "down":
         stopped = stack.down()
-        console.print(f"stack down: stopped {len(stopped)} processes")
+        console.print(
+            f"stack down: stopped {len(stopped)} processes; logs kept in {stack.logs_dir}"
+        )
         return 0
     if args.action == "env":
         for key, value in stack.client_env().items():

@@ -1,14 +1,22 @@
 """The local stack: what a cluster provides, on one machine, on loopback only.
 
-    Ray head    `ray start --head`, GCS and dashboard/job server on 127.0.0.1, token auth
-    MLflow      `mlflow server` with a SQLite backend store (the registry needs a database)
-                and a local artifact root served through the server
+    Ray head    `ray start --head`: GCS, raylet, dashboard/job server, agents and Ray Client
+                server, every one listening on 127.0.0.1 only; token auth
+    MLflow      `mlflow server` on 127.0.0.1 with a SQLite backend store (the registry needs a
+                database) and a local artifact root served through the server
     storage     a local folder, used as the default storage URL
 
 Everything lives under one state folder (default `.vos/stack`): `stack.json` (ports, pids),
-the Ray auth token, the MLflow database and artifacts, logs and the storage folder.
-`up` is idempotent (a healthy stack is left as it is), `down` stops only this stack's
-processes (never `ray stop`, which would stop every Ray on the machine).
+the Ray auth token, the MLflow database and artifacts, logs and the storage folder. Ray's own
+temp dir is under /tmp (its socket paths must stay short) and is deleted by `down`, which
+first moves each Ray session's logs to `logs/ray/<session>/`; `down` keeps `logs/`.
+
+`up` is idempotent (a healthy stack is left as it is). Every process the stack starts carries
+`VOS_STACK_PROCESS=<part>@<root>` in its environment, and so does everything those start, the
+Ray Client server too, which `ray start` leaves to init. (Ray retitles its workers and agents,
+which overwrites what the system shows of their environment; they are children of the raylet
+and the dashboard, which carry the mark.) `down` stops those processes and their descendants,
+and again until none is left; never `ray stop`, which would stop every Ray on the machine.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +39,14 @@ import psutil
 
 DEFAULT_ROOT = Path(".vos/stack")
 RAY_START_ATTEMPTS = 3
+# In the environment of every process of a stack: "<part>@<root>", part "ray" or "mlflow".
+MEMBER_ENV = "VOS_STACK_PROCESS"
+# Ray turns a loopback address (127.0.0.1, localhost) into the machine's address, for the node
+# address of `ray start --node-ip-address=127.0.0.1` (to which its servers then bind) and for a
+# client's `ray.init(address="127.0.0.1:port")`, unless it is told that the cluster is this one
+# machine (ray/_private/services.py: resolve_ip_for_localhost). Servers and clients both need
+# this, and Ray reads it when it is imported: export it before `import ray`.
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclass
@@ -120,6 +135,14 @@ class LocalStack:
         return self.root / "logs"
 
     @property
+    def mlflow_store_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def ray_logs_dir(self) -> Path:
+        return self.logs_dir / "ray"
+
+    @property
     def ray_temp_dir(self) -> Path:
         # Ray's unix socket paths must stay short (about 107 bytes), so not under `root`.
         digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
@@ -149,6 +172,7 @@ class LocalStack:
             "RAY_API_SERVER_ADDRESS": state.dashboard_url,
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_file),
+            **LOOPBACK_RAY_ENV,
             "MLFLOW_TRACKING_URI": state.mlflow_url,
             "VOS_STORAGE": str(self.storage_dir),
         }
@@ -197,7 +221,7 @@ class LocalStack:
         if start_ray:
             self._stop_ray()
         if start_mlflow:
-            self._stop_mlflow(state)
+            self._stop_mlflow()
         _check_ports_free(state.ports, ray=start_ray, mlflow=start_mlflow)
         if start_ray:
             self._start_ray(state)
@@ -210,20 +234,13 @@ class LocalStack:
 
     def down(self) -> list[int]:
         """Stop this stack's processes; returns the pids that were stopped."""
-        state = self.load_state()
-        stopped = self._stop_ray()
-        if state is not None:
-            stopped += self._stop_mlflow(state)
-            self.state_file.unlink(missing_ok=True)
+        stopped = self._stop_ray() + self._stop_mlflow()
+        self.state_file.unlink(missing_ok=True)
         return stopped
 
     def processes(self) -> list[psutil.Process]:
         """Every live process that belongs to this stack (Ray's and MLflow's)."""
-        state = self.load_state()
-        found = _processes_mentioning(str(self.ray_temp_dir))
-        if state is not None and state.mlflow_pid and psutil.pid_exists(state.mlflow_pid):
-            found.append(psutil.Process(state.mlflow_pid))
-        return _with_descendants(found)
+        return _with_descendants(self._members("ray") + self._members("mlflow"))
 
     def _start_ray(self, state: StackState) -> None:
         command = [
@@ -249,7 +266,9 @@ class LocalStack:
             with log_path.open("a") as log:
                 log.write(f"--- ray start, attempt {attempt}\n")
                 log.flush()
-                result = subprocess.run(command, env=self._server_env(), stdout=log, stderr=log)
+                result = subprocess.run(
+                    command, env=self._server_env("ray"), stdout=log, stderr=log
+                )
             if result.returncode == 0:
                 return
             self._stop_ray()
@@ -260,7 +279,7 @@ class LocalStack:
             str(Path(sys.executable).with_name("mlflow")),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
+            self.mlflow_store_uri,
             "--artifacts-destination",
             str(self.root / "mlflow-artifacts"),
             "--serve-artifacts",
@@ -271,8 +290,10 @@ class LocalStack:
             "--workers",
             "1",
         ]
-        log = (self.logs_dir / "mlflow.log").open("w")
-        env = self._server_env()
+        log = (self.logs_dir / "mlflow.log").open("a")
+        log.write(f"--- mlflow server, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        log.flush()
+        env = self._server_env("mlflow")
         # MLflow 3 starts a pool of job consumers for its GenAI features; this stack needs none.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         process = subprocess.Popen(
@@ -285,26 +306,53 @@ class LocalStack:
         )
         return process.pid
 
-    def _server_env(self) -> dict[str, str]:
-        """The servers' environment: the project's interpreter first on PATH, token auth on."""
+    def _server_env(self, part: str) -> dict[str, str]:
+        """A server's environment: the project's interpreter first on PATH, token auth on,
+        loopback only, and this stack's mark (inherited by everything the server starts)."""
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(self.token_file)
+        env.update(LOOPBACK_RAY_ENV)
+        env[MEMBER_ENV] = f"{part}@{self.root}"
         env.pop("RAY_ADDRESS", None)
         return env
 
+    def _members(self, part: str) -> list[psutil.Process]:
+        """The live processes that carry this stack's mark for `part`."""
+        mark = f"{part}@{self.root}"
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.pid != os.getpid() and process.environ().get(MEMBER_ENV) == mark:
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
     def _stop_ray(self) -> list[int]:
-        stopped = _terminate(_with_descendants(_processes_mentioning(str(self.ray_temp_dir))))
+        # Processes of a stack started before the mark existed mention the temp dir.
+        stopped = _stop_all(
+            lambda: self._members("ray") + _processes_mentioning(str(self.ray_temp_dir))
+        )
+        self._keep_ray_logs()
         shutil.rmtree(self.ray_temp_dir, ignore_errors=True)
         return stopped
 
-    def _stop_mlflow(self, state: StackState) -> list[int]:
-        if not state.mlflow_pid or not psutil.pid_exists(state.mlflow_pid):
-            return []
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(state.mlflow_pid, signal.SIGTERM)
-        return _terminate(_with_descendants([psutil.Process(state.mlflow_pid)]))
+    def _stop_mlflow(self) -> list[int]:
+        # An MLflow server started before the mark existed names the stack's database.
+        return _stop_all(
+            lambda: self._members("mlflow") + _processes_mentioning(self.mlflow_store_uri)
+        )
+
+    def _keep_ray_logs(self) -> None:
+        """Move each Ray session's logs out of the temp dir `down` deletes, into logs/ray/."""
+        for session in self.ray_temp_dir.glob("session_*"):
+            logs, kept = session / "logs", self.ray_logs_dir / session.name
+            if session.is_symlink() or not logs.is_dir() or kept.exists():
+                continue  # `session_latest` is a link to one of the others
+            self.ray_logs_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(logs), str(kept))
 
 
 def _check_ports_free(ports: StackPorts, ray: bool, mlflow: bool) -> None:
@@ -359,6 +407,18 @@ def _with_descendants(processes: list[psutil.Process]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     return list(everything.values())
+
+
+def _stop_all(find, rounds: int = 3) -> list[int]:
+    """Terminate what `find()` returns, with descendants, until it returns nothing (a process
+    being stopped can still start another)."""
+    stopped: list[int] = []
+    for _ in range(rounds):
+        processes = _with_descendants(find())
+        if not processes:
+            break
+        stopped += _terminate(processes)
+    return sorted(set(stopped))
 
 
 def _terminate(processes: list[psutil.Process], grace: float = 10) -> list[int]:
