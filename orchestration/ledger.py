@@ -2,14 +2,21 @@
 
 One JSON document on object storage (`<state>/ledger.json`), rewritten atomically after every
 step of a retraining cycle, so that a rerun after a crash resumes the open cycle where it
-stopped instead of training twice on the same data:
+stopped instead of training twice on the same data. The Ray job of each step is recorded, so
+the rerun waits for that job rather than submitting another:
 
     {
       "sequences": {"<name>": {"fingerprint": "...", "status": "trained" | "quarantined",
                                "reason": "...", "cycle": "<cycle id>"}},
       "cycles": [{"id": "...", "status": "open" | "done" | "failed", "sequences": [...],
-                  "steps": {"generate": {...}, "finetune": {...}, "evaluate": {...},
-                            "promote": {...}}, "started_at": ..., "finished_at": ...}]
+                  "steps": {"found": {"fingerprints": {...}},
+                            "generate": {"job_id": "...", "manifest": "...", "clips": ...},
+                            "finetune": {"job_id": "...", "run_name": "...", "run_id": "..."},
+                            "register": {"name": "...", "version": "..."},
+                            "promote": {"job_id": "...", "version": "...", "outcome": "...",
+                                        "reason": "...", "evaluation_set": "...", ...},
+                            "error": {"message": "..."}},
+                  "started_at": ..., "finished_at": ...}]
     }
 """
 

@@ -3,22 +3,28 @@
     vos retrain --config configs/retrain.yaml --once        one cycle (the Kubernetes CronJob)
     vos retrain --config configs/retrain.yaml --every 6h    in the foreground until SIGTERM
 
-A cycle, each step only a call of a pipeline stage:
+A cycle, each step a pipeline stage; every stage that needs Ray runs as a Ray job submitted
+through the Jobs API (`jobs.address`, else RAY_API_SERVER_ADDRESS), so this process joins no
+cluster and needs no Ray Client:
 
 1. find sequences under `incoming.url` that the ledger has not seen (orchestration.ingest); a bad
    one is quarantined with its reason, the rest go on;
-2. generate fine-tuning shards for them (datagen.generate), mixed at training time with a
-   replay sample of earlier data (`replay.manifests`);
-3. submit fine-tuning (pipelines/finetune.py) to Ray through the Jobs API, starting from the
-   champion, and wait for it;
-4. register its model (registry.versions), evaluate it on the fixed evaluation set and
-   decide on promotion through the gate (registry.promotion);
-5. record in the ledger on object storage: which sequences, which job, which run, which
+2. generate fine-tuning shards for them: job `python pipelines/generate.py ...`; the shard
+   set's manifest is read back from storage. Training mixes them with a replay sample of
+   earlier data (`replay.manifests`);
+3. fine-tune from the champion: job `python pipelines/finetune.py ...`; its MLflow run is found
+   by the run name the cycle gave it;
+4. register its model as a new version (registry.versions; MLflow calls only, in this process);
+5. evaluate it on the fixed evaluation set and decide on promotion through the gate: job
+   `python pipelines/promote.py ...`, which writes its decision as JSON on storage;
+6. record in the ledger on object storage: which sequences, which jobs, which run, which
    model version, which decision.
 
-After every step the ledger is saved, so a rerun after a crash resumes the open cycle (the
-same Ray job is waited for, not submitted again): nothing is trained twice on the same data.
-A lease on the same storage makes it single-flight: a second trigger exits while one runs.
+Job ids are fixed per cycle and step (`retrain-<cycle>-<step>`) and the ledger is saved after
+every step, so a rerun after a crash resumes the open cycle and waits for the same job instead
+of submitting it again: nothing is trained twice on the same data. A lease on the same storage
+makes it single-flight: a second trigger exits while one runs. Every job gets the storage and
+tracking endpoints of this process and the commit of this code (`VOS_GIT_COMMIT`).
 """
 
 from __future__ import annotations
@@ -35,16 +41,14 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pydantic import BaseModel, Field
 
-from pydantic import Field
-from rich.console import Console
-
-from core import storage
-from core.config import ConfigError, StrictModel, load_config
+from core import cluster, storage
+from core.cli import console
+from core.config import ConfigError, StrictModel, flatten, load_config
 from core.lease import Lease, LeaseHeld
 from datagen import generate
+from datagen.manifest import manifest_url, read_manifest
 from evaluation.runner import EvaluationSettings
 from orchestration import ingest
 from orchestration.ledger import Cycle, Ledger
@@ -55,16 +59,8 @@ from tracking.runs import resolve_tracking_uri
 __all__ = ["RetrainConfig", "Stopped", "main", "run_cycle"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Variables a fine-tuning job needs to reach the same services; never credentials, which the
-# cluster's nodes get from their own environment (Kubernetes Secrets).
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_URI",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_DEFAULT_REGION",
-)
-
-console = Console()
+# Besides core.cluster's endpoints: the shared storage, where promotions take their lock.
+JOB_ENV = ("VOS_STORAGE",)
 
 
 class IncomingSection(StrictModel):
@@ -80,12 +76,18 @@ class ReplaySection(StrictModel):
 
 class FinetuneSection(StrictModel):
     config: str = Field(
-        "configs/finetune_gc.yaml", description="fine-tuning config, in working_dir"
+        "configs/finetune_gc.yaml", description="fine-tuning config, in jobs.working_dir"
     )
     overrides: list[str] = Field(default_factory=list, description="key=value for that config")
-    job_address: str | None = Field(None, description="Ray dashboard; None: RAY_API_SERVER_ADDRESS")
-    working_dir: str = Field(str(REPO_ROOT), description="uploaded with the job")
-    timeout_s: float = Field(6 * 3600, gt=0)
+
+
+class JobsSection(StrictModel):
+    address: str | None = Field(
+        None, description="Ray dashboard (Jobs API); None: RAY_API_SERVER_ADDRESS"
+    )
+    working_dir: str = Field(str(REPO_ROOT), description="uploaded with every job")
+    timeout_s: float = Field(6 * 3600, gt=0, description="how long one job may take")
+    poll_s: float = Field(5, gt=0, description="how often a job's status is read")
 
 
 class RetrainConfig(StrictModel):
@@ -95,6 +97,7 @@ class RetrainConfig(StrictModel):
     clips: generate.ClipsSection = Field(default_factory=generate.ClipsSection)
     replay: ReplaySection = Field(default_factory=ReplaySection)
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
     evaluation: EvaluationSettings
     margin: float = Field(0.005, ge=0, le=1, description="J&F a candidate must gain to promote")
     lease_ttl_s: float = Field(6 * 3600, gt=0)
@@ -112,6 +115,7 @@ class Workflow:
         self.config = config
         self.stop = stop
         self.ledger = Ledger(storage.join(config.state_url, "ledger.json"))
+        self._jobs = None
 
     def run(self) -> dict[str, Any]:
         cycle = self.ledger.open_cycle()
@@ -177,63 +181,44 @@ class Workflow:
             ),
             clips=self.config.clips,
         )
-        summary = generate.run(config)
-        return {"manifest": summary["manifest"], "clips": summary["clips"]}
+        job_id = self.run_job(
+            cycle, "generate", stage_command("generate", config_overrides(config))
+        )
+        manifest = manifest_url(config.output.set_url)
+        return {
+            "job_id": job_id,
+            "manifest": manifest,
+            "clips": read_manifest(manifest)["total_samples"],
+        }
 
     def finetune(self, cycle: Cycle) -> dict[str, Any]:
-        from ray.job_submission import JobStatus, JobSubmissionClient
-
-        client = JobSubmissionClient(self.config.finetune.job_address)
-        job_id = f"retrain-{cycle.id}"
         run_name = f"retrain-{cycle.id}"
-        if not _job_exists(client, job_id):  # after a crash the job may already be running
-            client.submit_job(
-                entrypoint=self.finetune_entrypoint(cycle, run_name),
-                submission_id=job_id,
-                runtime_env={
-                    "working_dir": self.config.finetune.working_dir,
-                    "env_vars": {
-                        key: value for key in FORWARDED_ENV if (value := os.environ.get(key))
-                    },
-                },
-            )
-            console.print(f"retrain: submitted fine-tuning job {job_id}")
-        deadline = time.monotonic() + self.config.finetune.timeout_s
-        status = client.get_job_status(job_id)
-        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fine-tuning job {job_id} did not finish in time")
-            self.stop.wait(5)
-            self.check_stop()
-            status = client.get_job_status(job_id)
-        if status != JobStatus.SUCCEEDED:
-            tail = client.get_job_logs(job_id)[-1500:]
-            raise RuntimeError(f"fine-tuning job {job_id} ended {status}: {tail}")
+        command = stage_command(
+            "finetune", self.finetune_overrides(cycle, run_name), self.config.finetune.config
+        )
+        job_id = self.run_job(cycle, "finetune", command)
+        tracking_uri = resolve_tracking_uri(self.config.tracking_uri)
         return {
             "job_id": job_id,
             "run_name": run_name,
-            "run_id": runs.run_id_by_name(resolve_tracking_uri(self.config.tracking_uri), run_name),
+            "run_id": runs.run_id_by_name(tracking_uri, run_name),
         }
 
-    def finetune_entrypoint(self, cycle: Cycle, run_name: str) -> str:
+    def finetune_overrides(self, cycle: Cycle, run_name: str) -> list[str]:
         manifests = [cycle.steps["generate"]["manifest"], *self.config.replay.manifests]
         weights = [1.0] + [self.config.replay.weight] * len(self.config.replay.manifests)
+        champion = f"models:/{versions.registered_name(self.config.model)}@{versions.CHAMPION}"
         overrides = [
             *self.config.finetune.overrides,
             f"run.name={run_name}",
             f"model.name={self.config.model}",
-            f"init.model_uri=models:/{versions.registered_name(self.config.model)}@{versions.CHAMPION}",
+            f"init.model_uri={champion}",
             f"data.manifests={json.dumps(manifests)}",
             f"data.weights={json.dumps(weights)}",
         ]
-        command = [
-            "python",
-            "pipelines/finetune.py",
-            "--config",
-            self.config.finetune.config,
-            *overrides,
-        ]
-        return shlex.join(command)
+        if self.config.tracking_uri:
+            overrides.append(f"tracking.uri={json.dumps(self.config.tracking_uri)}")
+        return overrides
 
     def register(self, cycle: Cycle) -> dict[str, Any]:
         from mlflow.tracking import MlflowClient
@@ -246,26 +231,87 @@ class Workflow:
 
     def promote(self, cycle: Cycle) -> dict[str, Any]:
         registered = cycle.steps["register"]
-        decision = promotion.run(
-            promotion.PromoteConfig(
-                model=registered["name"],
-                version=registered["version"],
-                margin=self.config.margin,
-                evaluation=self.config.evaluation,
-                tracking_uri=self.config.tracking_uri,
-            )
+        summary_url = storage.join(self.config.state_url, "cycles", cycle.id, "promote.json")
+        config = promotion.PromoteConfig(
+            model=registered["name"],
+            version=registered["version"],
+            margin=self.config.margin,
+            evaluation=self.config.evaluation,
+            tracking_uri=self.config.tracking_uri,
+            summary_url=summary_url,
         )
-        return {
-            "version": decision.version,
-            "outcome": decision.outcome,
-            "reason": decision.reason,
-            "candidate_jf": decision.candidate_jf,
-            "champion_jf": decision.champion_jf,
-        }
+        job_id = self.run_job(cycle, "promote", stage_command("promote", config_overrides(config)))
+        if not storage.exists(summary_url):
+            raise RuntimeError(
+                f"promote job {job_id} succeeded but wrote no decision at {summary_url}"
+            )
+        decision = json.loads(storage.read_bytes(summary_url))
+        keys = ("version", "outcome", "reason", "evaluation_set", "candidate_jf", "champion_jf")
+        return {"job_id": job_id, **{key: decision[key] for key in keys}}
+
+    # -- Ray jobs ------------------------------------------------------------------------------
+    @property
+    def jobs(self):
+        if self._jobs is None:
+            from ray.job_submission import JobSubmissionClient
+
+            self._jobs = JobSubmissionClient(self.config.jobs.address)
+        return self._jobs
+
+    def run_job(self, cycle: Cycle, step: str, entrypoint: str) -> str:
+        """Submit `entrypoint` as job `retrain-<cycle>-<step>` unless it exists (a rerun after a
+        crash), wait for it to end and return its id; a job that did not succeed raises."""
+        from ray.job_submission import JobStatus
+
+        job_id = f"retrain-{cycle.id}-{step}"
+        if _job_exists(self.jobs, job_id):
+            console.print(f"retrain: waiting for the {step} job {job_id} submitted before")
+        else:
+            self.jobs.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env={"working_dir": self.config.jobs.working_dir, "env_vars": job_env()},
+            )
+            console.print(f"retrain: submitted the {step} job {job_id}")
+        deadline = time.monotonic() + self.config.jobs.timeout_s
+        status = self.jobs.get_job_status(job_id)
+        while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the {step} job {job_id} did not finish in {self.config.jobs.timeout_s:g} s"
+                )
+            self.stop.wait(self.config.jobs.poll_s)
+            self.check_stop()
+            status = self.jobs.get_job_status(job_id)
+        if status != JobStatus.SUCCEEDED:
+            tail = self.jobs.get_job_logs(job_id)[-1500:]
+            raise RuntimeError(f"the {step} job {job_id} ended {status}: {tail}")
+        return job_id
 
     def check_stop(self) -> None:
         if self.stop.is_set():
             raise Stopped()
+
+
+def stage_command(stage: str, overrides: list[str], config_file: str | None = None) -> str:
+    """The shell command of a pipeline stage, as a job's entrypoint."""
+    config = ["--config", config_file] if config_file else []
+    return shlex.join(["python", f"pipelines/{stage}.py", *config, *overrides])
+
+
+def config_overrides(config: BaseModel) -> list[str]:
+    """`key=value` overrides that rebuild `config` (the values that were set) in a stage."""
+    data = config.model_dump(mode="json", exclude_unset=True)
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(data).items()]
+
+
+def job_env() -> dict[str, str]:
+    """What every job is given: the endpoints (core.cluster), the shared storage and the
+    commit of this code."""
+    env = cluster.forwarded_env()
+    env.update({name: os.environ[name] for name in JOB_ENV if os.environ.get(name)})
+    env.update(runs.git_env())
+    return env
 
 
 def run_cycle(config: RetrainConfig, stop: threading.Event | None = None) -> dict[str, Any]:
@@ -315,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print("retrain: stopped by signal; the open cycle resumes on the next run")
             return 0
         except Exception as err:  # noqa: BLE001 - one line, and the schedule goes on
-            console.print(f"[red]retrain: cycle failed: {' '.join(str(err).split())}[/red]")
+            message = runs.mask_credentials(" ".join(str(err).split()))
+            console.print(f"[red]retrain: cycle failed: {message}[/red]", highlight=False)
             result = {"status": "failed"}
             if interval is None:
                 return 1

@@ -43,7 +43,6 @@ DAVIS_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "davis2016-sample"
 FRAME_SIZE = (160, 120)
 
 
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vos demo", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -113,13 +112,15 @@ def make_shards(paths: dict[str, Path], storage_url: str) -> dict[str, str]:
 
 
 def submit(stage: str, config_file: str, overrides: list[str]) -> None:
-    """`ray job submit --working-dir . -- python pipelines/<stage>.py ...`, as a user types it."""
+    """`ray job submit --working-dir . -- python pipelines/<stage>.py ...`, as a user types it,
+    with the commit of this checkout (VOS_GIT_COMMIT, VOS_GIT_DIRTY): the upload has no .git."""
     console.rule(f"ray job submit: {stage}")
     env_vars = {
         key: os.environ[key]
         for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL")
         if key in os.environ
     }
+    env_vars.update(runs.git_env())
     command = [
         str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", ".",
         "--runtime-env-json", json.dumps({"env_vars": env_vars}),

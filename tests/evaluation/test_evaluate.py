@@ -66,16 +66,31 @@ def test_evaluates_a_registered_version_and_records_it(client, logged_run, davis
     assert rescored["JF_mean"] == pytest.approx(report["JF_mean"])
     assert json.loads((out / "report.json").read_text())["JF_mean"] == report["JF_mean"]
 
-    # the version carries the scores; the evaluation run is nested under the training run
-    tags = client.get_model_version(name, version).tags
-    assert tags["eval.status"] == "complete"
-    assert float(tags["eval.JF_mean"]) == pytest.approx(report["JF_mean"])
-    assert tags["eval.fingerprint"] == report["fingerprint"]
-    assert json.loads(tags["eval.report"])["sequences"].keys() == report["sequences"].keys()
-    eval_run = client.get_run(tags["eval.run_id"])
+    # the version carries the score under the set's name; the evaluation run is nested under
+    # the training run, reads the set as a dataset, and scores the logged model on it
+    set_name = versions.evaluation_set_name(str(davis_subset), report["fingerprint"])
+    registered = client.get_model_version(name, version)
+    tags = registered.tags
+    assert tags[f"eval.{set_name}.status"] == "complete"
+    assert float(tags[f"eval.{set_name}.JF_mean"]) == pytest.approx(report["JF_mean"])
+    assert not [key for key in tags if key.startswith("eval.") and "report" in key]
+    eval_run = client.get_run(tags[f"eval.{set_name}.run_id"])
+    assert eval_run.info.status == "FINISHED"
     assert eval_run.data.tags["mlflow.parentRunId"] == logged_run
     assert eval_run.data.metrics["JF_mean"] == pytest.approx(report["JF_mean"])
     assert "blackswan.J" in eval_run.data.metrics
+    [dataset_input] = eval_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == set_name
+    assert dataset_input.dataset.digest == report["fingerprint"]
+    assert str(davis_subset) in dataset_input.dataset.source
+    assert json.loads(dataset_input.dataset.profile)["sequences"] == ["blackswan", "car-shadow"]
+    model_id = versions.model_id_of(registered)
+    assert [item.model_id for item in eval_run.inputs.model_inputs] == [model_id]
+    model_metrics = {metric.key: metric for metric in client.get_logged_model(model_id).metrics}
+    assert model_metrics["JF_mean"].value == pytest.approx(report["JF_mean"])
+    assert model_metrics["JF_mean"].dataset_name == set_name
+    assert model_metrics["JF_mean"].dataset_digest == report["fingerprint"]
+    assert model_metrics["JF_mean"].run_id == eval_run.info.run_id
     artifacts = {a.path for a in client.list_artifacts(eval_run.info.run_id, "evaluation")}
     assert {
         "evaluation/report.json",
@@ -126,13 +141,15 @@ def test_partial_evaluation_is_reported_and_never_promotes(
     assert report["sequences"]["blackswan"]["status"] == "complete"
     assert report["sequences"]["car-shadow"]["status"] == "failed"
     assert "00004.jpg" in report["sequences"]["car-shadow"]["error"]
-    assert client.get_model_version(name, second).tags["eval.status"] == "partial"
+    broken_set = versions.evaluation_set_name(str(broken), report["fingerprint"])
+    assert client.get_model_version(name, second).tags[f"eval.{broken_set}.status"] == "partial"
 
-    assert promote.main(["--model", name]) == 0  # decides on the challenger: kept
+    # decided on the challenger, on the broken set (the champion is evaluated on it first)
+    on_broken = [f"evaluation.{key}" for key in [f"data={broken}", *FAST, f"out={tmp_path / 'c'}"]]
+    assert promote.main(["--model", name, *on_broken]) == 0
     assert client.get_model_version_by_alias(name, versions.CHAMPION).version == first
-    assert (
-        "evaluation is partial" in client.get_model_version(name, second).tags["promotion.reason"]
-    )
+    reason = client.get_model_version(name, second).tags["promotion.reason"]
+    assert reason.startswith(f"on {broken_set}:") and "evaluation is partial" in reason
 
 
 def test_a_model_that_does_not_load_is_a_failed_evaluation(davis_subset, tmp_path):

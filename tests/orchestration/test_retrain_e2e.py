@@ -2,8 +2,10 @@
 API), a real MLflow server and an S3 endpoint on 127.0.0.1.
 
 A champion exists; new sequences (and one corrupt sequence) arrive on S3. Two triggers race:
-one trains, the other exits. The new version is registered with a promotion decision, the
-corrupt sequence is quarantined, and a later run finds nothing new and does nothing.
+one trains, the other exits. Generation, fine-tuning and evaluation with promotion each ran as
+a Ray job; the training run records the commit it was submitted from. The new version is
+registered with a promotion decision, the corrupt sequence is quarantined, and a later run
+finds nothing new and does nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import s3fs
 import yaml
 from mlflow.tracking import MlflowClient
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from datagen.procedural import write_procedural_videos
 from evaluation.runner import EvaluationSettings
@@ -94,15 +97,22 @@ def write_config(tmp_path: Path, bucket: str, incoming: str, evaluation_set: Pat
                 "train.max_steps=2",
                 "tracking.experiment=retrain-test",
             ],
-            "working_dir": str(REPO_ROOT),
-            "timeout_s": 600,
         },
+        "jobs": {"working_dir": str(REPO_ROOT), "timeout_s": 600, "poll_s": 1},
         "evaluation": {"data": str(evaluation_set), "out": str(tmp_path / "eval"), "device": "cpu"},
         "margin": 0.0,
     }
     path = tmp_path / "retrain.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def is_a_commit_of_this_checkout(commit: str) -> bool:
+    """A full commit hash, HEAD or an ancestor (HEAD may move on while the test runs)."""
+    ancestor = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "merge-base", "--is-ancestor", commit, "HEAD"]
+    )
+    return len(commit) == 40 and ancestor.returncode == 0
 
 
 def vos_retrain(config: Path) -> subprocess.Popen:
@@ -140,7 +150,17 @@ def test_retraining_cycle_end_to_end(
     assert ledger.sequences["seq002"]["status"] == "quarantined"
     assert "corrupt image" in ledger.sequences["seq002"]["reason"]
     assert {ledger.sequences[name]["status"] for name in cycle.sequences} == {"trained"}
-    assert cycle.steps["finetune"]["job_id"] == f"retrain-{cycle.id}"
+
+    # every step that needs Ray went through the Jobs API, under the cycle's job ids
+    jobs = JobSubmissionClient(ray_cluster.dashboard_url)
+    for step in ("generate", "finetune", "promote"):
+        job_id = cycle.steps[step]["job_id"]
+        assert job_id == f"retrain-{cycle.id}-{step}"
+        info = jobs.get_job_info(job_id)
+        assert info.status == JobStatus.SUCCEEDED
+        assert info.entrypoint.startswith(f"python pipelines/{step}.py ")
+        assert is_a_commit_of_this_checkout(info.runtime_env["env_vars"]["VOS_GIT_COMMIT"])
+    assert cycle.steps["generate"]["clips"] > 0
 
     client = MlflowClient(mlflow_server.uri)
     new_version = cycle.steps["register"]["version"]
@@ -150,6 +170,16 @@ def test_retraining_cycle_end_to_end(
     assert tags["promotion.outcome"] in ("promoted", "kept")
     training_run = client.get_run(cycle.steps["finetune"]["run_id"])
     assert training_run.data.tags["vos.run_name"] == f"retrain-{cycle.id}"
+    # the job's upload has no .git: the commit came with the job
+    finetune_job = jobs.get_job_info(cycle.steps["finetune"]["job_id"])
+    commit = finetune_job.runtime_env["env_vars"]["VOS_GIT_COMMIT"]
+    assert training_run.data.tags["mlflow.source.git.commit"] == commit
+    assert tags["vos.git_commit"] == training_run.data.tags["mlflow.source.git.commit"]
+    [shards] = training_run.inputs.dataset_inputs
+    assert shards.dataset.source_type == "s3" and cycle.id in shards.dataset.source
+    assert cycle.steps["promote"]["reason"].startswith(
+        f"on {cycle.steps['promote']['evaluation_set']}"
+    )
     assert json.loads(json.dumps(cycle.steps["promote"]))["version"] == new_version
 
     # A later trigger finds nothing new and does nothing.
