@@ -21,6 +21,7 @@ FORWARDED_ENV = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "VOS_CACHE",  # where an evaluation set on object storage is mirrored
+    "VOS_STORAGE",  # the default storage root (evaluation output, promotion locks)
     "VOS_GIT_COMMIT",  # the commit a job was submitted from (its upload has no .git)
     "VOS_GIT_DIRTY",
 )

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import signal
@@ -46,7 +45,7 @@ from pydantic import BaseModel, Field
 from core import cluster, storage
 from core.cli import console
 from core.config import ConfigError, StrictModel, flatten, load_config
-from core.lease import Lease, LeaseHeld
+from core.lease import Lease, LeaseError, exit_status
 from datagen import generate
 from datagen.manifest import manifest_url, read_manifest
 from evaluation.runner import EvaluationSettings
@@ -59,8 +58,6 @@ from tracking.runs import resolve_tracking_uri
 __all__ = ["RetrainConfig", "Stopped", "main", "run_cycle"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Besides core.cluster's endpoints: the shared storage, where promotions take their lock.
-JOB_ENV = ("VOS_STORAGE",)
 
 
 class IncomingSection(StrictModel):
@@ -100,7 +97,7 @@ class RetrainConfig(StrictModel):
     jobs: JobsSection = Field(default_factory=JobsSection)
     evaluation: EvaluationSettings
     margin: float = Field(0.005, ge=0, le=1, description="J&F a candidate must gain to promote")
-    lease_ttl_s: float = Field(6 * 3600, gt=0)
+    lease_ttl_s: float = Field(600, gt=0, description="renewed every ttl/3 while a cycle runs")
     tracking_uri: str | None = None
 
 
@@ -309,7 +306,6 @@ def job_env() -> dict[str, str]:
     """What every job is given: the endpoints (core.cluster), the shared storage and the
     commit of this code."""
     env = cluster.forwarded_env()
-    env.update({name: os.environ[name] for name in JOB_ENV if os.environ.get(name)})
     env.update(runs.git_env())
     return env
 
@@ -318,11 +314,14 @@ def run_cycle(config: RetrainConfig, stop: threading.Event | None = None) -> dic
     """One cycle under the lease; returns what happened (also printed)."""
     stop = stop or threading.Event()
     try:
-        with Lease(storage.join(config.state_url, "lease.json"), config.lease_ttl_s):
+        with Lease(storage.join(config.state_url, "lease"), config.lease_ttl_s).held(
+            on_lost=stop.set
+        ):
             return Workflow(config, stop).run()
-    except LeaseHeld as err:
+    except LeaseError as err:  # held by a live run (exit 0), stale and not taken over, or lost
         console.print(f"retrain: {err}; exiting")
-        return {"status": "busy", "reason": str(err)}
+        status = "busy" if exit_status(err) == 0 else "lease"
+        return {"status": status, "reason": str(err), "exit_code": exit_status(err)}
 
 
 def parse_interval(text: str) -> float:
@@ -367,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             if interval is None:
                 return 1
         if interval is None:
-            return 0 if result["status"] != "failed" else 1
+            return result.get("exit_code", 0 if result["status"] != "failed" else 1)
         console.print(f"retrain: next cycle in {args.every}")
         if stop.wait(interval):
             console.print("retrain: stopped by signal")

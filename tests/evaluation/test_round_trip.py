@@ -15,12 +15,13 @@ from mlflow.tracking import MlflowClient
 
 from core.config import load_config
 from core.masks import read_mask
-from evaluation.runner import EvaluationSettings
+from evaluation.runner import EvaluationSettings, dataset_fingerprint
 from pipelines import generate, promote, segment
-from training.driver import run_training
+from registry import versions
 from registry.versions import CHALLENGER, CHAMPION
 from tracking.model_store import load_model
 from training.config import PretrainConfig
+from training.driver import run_training
 
 
 @pytest.mark.slow
@@ -68,11 +69,12 @@ def test_train_register_evaluate_promote_load_and_segment(
     client = MlflowClient(mlflow_server.uri)
     version = client.get_model_version_by_alias(name, CHAMPION)
     assert CHALLENGER not in client.get_registered_model(name).aliases
-    assert version.tags["eval.status"] == "complete"
-    assert version.tags["vos.training_run_id"] == trained.mlflow_run_id
-    assert version.tags["data.manifest.0.sha256"]  # the shards it was trained on
+    set_name = versions.evaluation_set_name(str(davis_subset), dataset_fingerprint(evaluation))
+    assert version.tags[f"eval.{set_name}.status"] == "complete"
+    assert version.run_id == trained.mlflow_run_id
+    assert client.get_run(trained.mlflow_run_id).inputs.dataset_inputs  # the shards it saw
     assert version.tags["vos.git_commit"]
-    eval_run = client.get_run(version.tags["eval.run_id"])
+    eval_run = client.get_run(version.tags[f"eval.{set_name}.run_id"])
     assert eval_run.data.tags["mlflow.parentRunId"] == trained.mlflow_run_id
 
     champion = load_model(f"models:/{name}@{CHAMPION}")
