@@ -568,7 +568,7 @@ def test_retraining_cronjob_runs_once_and_never_overlaps():
     head = f"{of_kind('RayCluster')[0].name}-head-svc"
     # Jobs API for fine-tuning; Ray Client for the steps that run Ray tasks from the pod.
     assert env_value(container, "RAY_API_SERVER_ADDRESS") == f"http://{head}:8265"
-    assert env_value(container, "RAY_ADDRESS") == f"ray://{head}:10001"
+    assert env_value(container, "RAY_ADDRESS") is None  # every step goes through the Jobs API
 
 
 def test_retraining_schedule_names_its_time_zone():
