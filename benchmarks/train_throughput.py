@@ -3,9 +3,11 @@
     python benchmarks/train_throughput.py                        # tiny gc, CPU, 64 px
     python benchmarks/train_throughput.py --size full --device cuda --dtype bf16 --resolution 384
     python benchmarks/train_throughput.py --compare-loaders       # data only: WebDataset vs Ray Data
+    python benchmarks/train_throughput.py --data-only --resolution 384 --clips 400
+    python benchmarks/train_throughput.py --data-only --resolution 384 --manifest <video set>
 
-It runs the training stage's own data path and step (`training.loop`: `ClipStream`
-through a DataLoader with decoding workers, `exact_batches`, `train_step` with Adam, gradient
+It runs the training stage's own data path and step (`training.data`: `ClipStream`
+through a DataLoader with decoding workers, `exact_batches`; `training.loop.train_step` with Adam, gradient
 clipping and, on GPUs, bf16 autocast and channels_last) in this process, as one Ray Train
 worker would, on procedural image clips written with `pipelines/generate.py` (or on
 `--manifest URL`). Figures are per worker: a run with N workers trains about N times as many
@@ -15,6 +17,14 @@ clips per second while the data keeps up.
 decoding processes: the WebDataset DataLoader that training uses, and Ray Data
 (`read_webdataset` + `map_batches` decoding + `iter_torch_batches`). The result is the reason
 the training loop uses the WebDataset loader (see benchmarks/RESULTS.md).
+
+`--data-only` times the training data path alone, as a rank runs it: the DataLoader with ONE
+worker process (reading, sha256 checks, drawing clips from video windows, decoding, flip,
+colour and crop jitter, batching) and `exact_batches`, with shard verification on and then
+off, and once more in this process (no loader worker: what the hand-off through shared
+memory costs). It reports clips/s and clips per CPU second of the decoding process (the
+clips/s one core delivers, whatever else the machine is running). Shards are written in this process, without
+Ray (procedural image clips, or `--manifest` for any set, e.g. video windows).
 
 Prints a table and writes JSON (default benchmarks/out/train_throughput-<time>.json).
 """
@@ -40,15 +50,11 @@ from rich.table import Table
 
 from core.config import load_config
 from datagen import generate
+from datagen.shards import build_shard
 from models import build_model
 from training.config import PretrainConfig
-from training.loop import (
-    clip_stream,
-    epoch_loader,
-    exact_batches,
-    make_optimizer,
-    train_step,
-)
+from training.data import clip_stream, epoch_loader, exact_batches
+from training.loop import check_batch, make_optimizer, to_device, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
@@ -71,6 +77,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifest", default=None, help="use this shard set instead of generating")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--compare-loaders", action="store_true", help="time the data path only")
+    parser.add_argument(
+        "--data-only",
+        action="store_true",
+        help="time the data path with one loader worker, verification on and off",
+    )
     parser.add_argument("--json", default=None, help="output JSON path")
     args = parser.parse_args(argv)
     if args.batch_size is None:
@@ -156,7 +167,9 @@ def measure_training(args: argparse.Namespace, config: PretrainConfig) -> dict:
         waited = time.perf_counter()
         batch = next(batches)
         wait_s = time.perf_counter() - waited
-        train_step(net, net, optimizer, batch, device, bf16, config.train.grad_clip_norm)
+        objects = check_batch(batch)
+        frames, labels = to_device(batch, device)
+        train_step(net, net, optimizer, frames, labels, objects, bf16, config.train.grad_clip_norm)
         return wait_s
 
     for _ in range(args.warmup):
@@ -234,6 +247,77 @@ def ray_data_batches(manifest: str, batch_size: int, workers: int):
         yield from dataset.iter_torch_batches(batch_size=batch_size, drop_last=True)
 
 
+def write_shards_here(args: argparse.Namespace, folder: Path) -> str:
+    """Procedural image clips written in this process (no Ray); returns the manifest."""
+    clips = args.clips or args.batch_size * (args.steps + args.warmup + 2)
+    config = load_config(
+        generate.GenerateConfig,
+        REPO / "configs" / "generate_demo.yaml",
+        [
+            f"output.url={folder}",
+            f"source.procedural.count={clips}",
+            f"source.procedural.width={max(160, args.resolution * 5 // 4)}",
+            f"source.procedural.height={max(120, args.resolution)}",
+            f"clips.size={args.resolution}",
+            f"clips.clips_per_shard={max(8, clips // 8)}",
+        ],
+    )
+    plan = generate.plan_set(config)
+    results = [build_shard(spec, config.output.set_url) for spec in plan.specs]
+    return generate.write_set_manifest(plan, results)[0]
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children: those that ended, and those still running."""
+    import resource
+
+    import psutil
+
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    running = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+            running += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return ended.ru_utime + ended.ru_stime + running
+
+
+def time_data_path(config: PretrainConfig, clips: int, warmup: int) -> dict:
+    """The data path: clips/s and clips per CPU second of the process that decodes (the
+    loader worker; this process itself with `loader_workers=0`)."""
+    batches = batches_forever(config, use_gpu=False)
+    for _ in range(warmup):
+        next(batches)
+    started, cpu_started = time.perf_counter(), children_cpu_seconds()
+    main_started = time.process_time()
+    done = 0
+    while done < clips:
+        done += len(next(batches)["key"])
+    seconds = time.perf_counter() - started
+    main_cpu = time.process_time() - main_started
+    worker_cpu = children_cpu_seconds() - cpu_started if config.data.loader_workers else main_cpu
+    return {
+        "clips": done,
+        "clips_per_s": done / seconds,
+        "loader_worker_cpu_s": worker_cpu,
+        "clips_per_cpu_s_of_the_worker": done / worker_cpu if worker_cpu > 0 else None,
+        "main_process_cpu_s": main_cpu,
+    }
+
+
+def measure_data_path(args: argparse.Namespace, config: PretrainConfig) -> dict:
+    torch.set_num_threads(1)  # as the loader worker does
+    results = {}
+    runs = {"verify_on": (1, True), "verify_off": (1, False), "no_loader_process": (0, True)}
+    for name, (workers, verify) in runs.items():  # the last: without the shared-memory hand-off
+        data = config.data.model_copy(update={"loader_workers": workers, "verify_shards": verify})
+        timed = config.model_copy(update={"data": data})
+        results[name] = time_data_path(timed, args.clips or 20 * args.batch_size, args.warmup)
+    return results
+
+
 def compare_loaders(args: argparse.Namespace, config: PretrainConfig, manifest: str) -> dict:
     warmup, count = args.warmup, args.steps
     webdataset = time_batches(batches_forever(config, use_gpu=False), count, warmup)
@@ -254,6 +338,11 @@ def print_table(report: dict) -> None:
         table.add_row(key, str(value))
     for key, value in report.get("training", {}).items():
         table.add_row(key, "-" if value is None else f"{value:.3f}")
+    for mode, figures in report.get("data_path", {}).items():
+        table.add_row(
+            f"data path, {mode}: clips/s | clips per worker CPU s",
+            f"{figures['clips_per_s']:.1f} | {figures['clips_per_cpu_s_of_the_worker']:.1f}",
+        )
     for loader, figures in report.get("loaders", {}).items():
         table.add_row(
             f"{loader}: clips/s | s/batch",
@@ -269,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
 
         ray.init(num_cpus=max(2, args.loader_workers + 1), include_dashboard=False)
     with tempfile.TemporaryDirectory(prefix="vos-bench-") as tmp:
-        manifest = args.manifest or procedural_shards(args, Path(tmp) / "shards")
+        if args.manifest:
+            manifest = args.manifest
+        elif args.data_only:
+            manifest = write_shards_here(args, Path(tmp) / "shards")
+        else:
+            manifest = procedural_shards(args, Path(tmp) / "shards")
         config = training_config(args, manifest)
         report = {
             "benchmark": "train_throughput",
@@ -287,13 +381,15 @@ def main(argv: list[str] | None = None) -> int:
                 "dtype": args.dtype,
                 "resolution": args.resolution,
                 "batch_size": args.batch_size,
-                "loader_workers": args.loader_workers,
+                "loader_workers": 1 if args.data_only else args.loader_workers,
                 "steps": args.steps,
                 "compile": args.compile,
             },
         }
         if args.compare_loaders:
             report["loaders"] = compare_loaders(args, config, manifest)
+        elif args.data_only:
+            report["data_path"] = measure_data_path(args, config)
         else:
             report["training"] = measure_training(args, config)
     print_table(report)

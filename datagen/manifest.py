@@ -6,34 +6,44 @@ seed and sources give the same manifest bytes, whether the job ran in one go or 
 and rerun.
 
     {
-      "format": "vos-clips/1",
+      "format": "vos-clips/2",
       "version": "0.1.0",                  # the vos-pipeline package that wrote it
       "kind": "image" | "video",
       "split": "train",
       "config": {...}, "config_hash": "sha256 of config",
       "source_fingerprint": "sha256 of the sources' names and sizes",
       "clip": {"frames": 3, "size": 384},
-      "shards": [{"name": "shard-000000.tar", "samples": 256, "bytes": ..., "sha256": ...,
-                  "samples_by_skip": {"3": 17, ...}}, ...],   # samples_by_skip: video sets only
+      "window": {"max_skip": 25, "short_side": 442},   # video sets only (see below)
+      "shards": [{"name": "shard-000000.tar", "samples": 256, "bytes": ..., "sha256": ...}, ...],
       "total_samples": ..., "total_bytes": ...,
       "skipped": {"empty mask": 2, ...},    # distinct inputs skipped, by reason
       "skipped_examples": [["images/x.jpg", "corrupt image"], ...]
     }
+
+An image set's samples are 3-frame clips. A video set's samples are windows of consecutive
+annotated frames (shorter side `window.short_side`) that hold clips with gaps up to
+`window.max_skip` raw frames; the reader draws a clip from a window every epoch. Format 1
+image sets are read as they are; format 1 video sets (fixed clips) are refused: regenerate.
+
+`check_shards` compares the manifest with one listing of the set's folder (every shard there,
+with its size), the cheap check a training run makes before its first step.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import posixpath
 from collections import Counter
 
-from core.storage import exists, join, read_bytes, write_bytes_atomic
+from core.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
 
 __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
     "ManifestError",
     "build_manifest",
+    "check_shards",
     "manifest_url",
     "package_version",
     "read_manifest",
@@ -41,7 +51,8 @@ __all__ = [
     "write_manifest",
 ]
 
-FORMAT = "vos-clips/1"
+FORMAT = "vos-clips/2"
+OLD_FORMAT = "vos-clips/1"  # its image sets read as before; its video sets held fixed clips
 MANIFEST_NAME = "manifest.json"
 MAX_EXAMPLES = 20
 
@@ -79,19 +90,19 @@ def build_manifest(
     frames: int,
     shard_records: list[dict],
     skipped: list[tuple[str, str]],
+    window: dict | None = None,
 ) -> dict:
     """The manifest for shards described by `shard_records` (any order) and skipped inputs.
 
     `skipped` holds (input, reason) pairs; an input met by several shards counts once.
+    `window` ({"max_skip", "short_side"}) describes a video set's windows.
     """
     records = sorted(shard_records, key=lambda record: record["name"])
-    shards = []
-    for record in records:
-        entry = {key: record[key] for key in ("name", "samples", "bytes", "sha256")}
-        if kind == "video":
-            entry["samples_by_skip"] = record.get("samples_by_skip", {})
-        shards.append(entry)
+    shards = [
+        {key: record[key] for key in ("name", "samples", "bytes", "sha256")} for record in records
+    ]
     distinct = sorted(set(skipped))
+    extra = {"window": window} if kind == "video" else {}
     return {
         "format": FORMAT,
         "version": package_version(),
@@ -101,6 +112,7 @@ def build_manifest(
         "config_hash": config_hash,
         "source_fingerprint": source_fingerprint,
         "clip": {"frames": frames, "size": size},
+        **extra,
         "shards": shards,
         "total_samples": sum(entry["samples"] for entry in shards),
         "total_bytes": sum(entry["bytes"] for entry in shards),
@@ -138,8 +150,34 @@ def read_manifest(url: str) -> dict:
         raise ManifestError(f"{location} is not valid JSON: {err}") from None
     if (
         not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
+        or manifest.get("format") not in (FORMAT, OLD_FORMAT)
         or "shards" not in manifest
     ):
         raise ManifestError(f"{location} is not a {FORMAT} manifest")
+    if manifest.get("kind") == "video" and manifest["format"] == OLD_FORMAT:
+        raise ManifestError(
+            f"{location} holds fixed video clips ({OLD_FORMAT}); regenerate the set with "
+            "pipelines/generate.py to get video windows"
+        )
     return manifest
+
+
+def check_shards(url: str, manifest: dict) -> list[str]:
+    """Shards of the manifest that are missing from its folder or have another size (one
+    listing of the folder); each problem as a short phrase."""
+    folder = manifest_url(url).rsplit("/", 1)[0]
+    fs, path = filesystem(folder)
+    fs.invalidate_cache(path)  # s3fs keeps listings: this one must be of now
+    try:
+        listed = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        listed = []
+    sizes = {posixpath.basename(entry["name"].rstrip("/")): entry.get("size") for entry in listed}
+    problems = []
+    for entry in manifest["shards"]:
+        name, size = entry["name"], sizes.get(entry["name"])
+        if size is None:
+            problems.append(f"{name} is missing")
+        elif int(size) != int(entry["bytes"]):
+            problems.append(f"{name} has {size} bytes, the manifest says {entry['bytes']}")
+    return problems

@@ -1,129 +1,188 @@
-"""Reading shard sets for training: `ClipStream` turns manifests into a torch IterableDataset.
+"""Reading shard sets for training: `ClipStream` turns manifests into a torch IterableDataset
+of training clips, drawn and augmented afresh every epoch.
 
     stream = ClipStream(["s3://data/msra/train", "s3://data/ecssd/train"], weights=[3, 1],
-                        rank=rank, world_size=world_size, seed=0)
+                        rank=rank, world_size=world_size, seed=0, max_skip=5)
     steps = stream.samples_per_rank() // batch_size        # the same on every rank
     loader = DataLoader(stream.dataset(epoch), batch_size=batch_size, num_workers=4)
     for step, batch in zip(range(steps), loader): ...
 
 Only sets with a `manifest.json` are read (`read_manifest` refuses the others).
 
-**Ranks.** Shards are split between ranks by explicit `rank` / `world_size`, not by the
-process environment. Each rank gets whole shards, balanced by sample count (largest first
-to the rank with fewest samples); a set with fewer shards than ranks is split by samples
-instead (every rank reads all its shards and keeps every `world_size`-th sample). Ranks never
-share a sample, and no sample is read twice in an epoch.
+**Fresh clips every epoch.** A video set's samples are windows of consecutive annotated
+frames (`datagen.synthesis.make_video_window`). Each time a window is read, a 3-frame clip is
+drawn from it (`draw_window_frames`): temporally ordered, every gap at most `max_skip` *raw*
+video frames (the curriculum's value for the epoch; None: the set's own `window.max_skip`),
+its first frame showing an object. On YouTube-VOS (annotated every 5th frame) a gap of 5 is
+the next annotated frame, so the papers' skips apply unchanged. Image sets hold fixed 3-frame
+clips. Every clip gets cheap augmentation in the DataLoader worker (`Augment`): one
+horizontal flip, one colour jitter (brightness, contrast, saturation: linear, so applied
+together in place) and a crop of the clip size that moves by up to `crop_jitter` per frame. A window's
+crop is placed at random with its first frame's objects inside; an image clip is already at
+the clip size, so its crop only shifts (the uncovered border is black, like the clips' own
+borders). All random draws of a sample come from (seed, epoch, rank, worker, set, key,
+pass): a run repeats exactly with the same world size and loader workers, and epochs differ.
+Each sample names its clip ("clip": key and frame indices) so the distinct clips a run
+trained on can be counted.
 
-**Equal step counts.** `samples_per_rank()` is the *minimum* over ranks of the samples a rank
-reads in one epoch. Every rank yields at least that many, so `samples_per_rank() // batch`
-steps never run out on any rank (DDP needs the same number of steps everywhere). A rank may
-hold a few more samples; they are simply not reached in that epoch. Use
-`DataLoader(drop_last=False)`: each DataLoader worker ends with its own partial batch, and
-dropping those could leave fewer full batches than the step count.
+**Ranks and workers.** Shards are split between ranks by explicit `rank` / `world_size`
+(`wds.split_by_node` takes the rank from the environment, and its plain stride of shards
+would not balance uneven shards): whole shards balanced by sample count, or, with fewer
+shards than ranks, every rank reads all shards and keeps every `world_size`-th sample (by
+its index in the set, so the order shards are read in does not matter). A rank's part is
+split again the same way between its DataLoader workers (`wds.split_by_worker` would not
+balance either); the epoch's shard order breaks ties, so the split changes from epoch to
+epoch. Ranks never share a sample. Shards are opened through fsspec (`core.storage.filesystem`) in the worker that reads them,
+so each DataLoader worker has its own S3 client (s3fs is not fork-safe).
 
-**Workers.** Inside a DataLoader, a rank's shards are split again between workers (or its
-samples, when it has fewer shards than workers). Decoding happens in the workers. For `s3://`
-URLs an fsspec opener is registered with WebDataset; each worker process creates its own S3
-filesystem (s3fs is not fork-safe; fsspec drops inherited instances in a forked child).
+**Exactly `samples_per_rank()` per epoch.** `samples_per_rank()` is the minimum over ranks
+of the samples a rank holds, and every rank yields exactly that many per epoch, so every
+rank runs the same number of full batches. Each DataLoader worker yields its quota and stops
+(`wds.DataPipeline.with_epoch`): without weights, the rank's epoch split in proportion to
+what the workers' shards hold, so no worker needs more than its shards; with weights, even
+quotas. A worker reads its shards pass after pass, each pass in a new order, until its quota
+is reached; a second pass (a sample twice in an epoch) happens only with weights or after
+skipped shards. (`wds.ResampledShards` draws shards with replacement: it would repeat
+samples in every epoch and leave others out.)
 
-**Shuffling.** Shard order is shuffled per epoch (same order on all ranks, from `seed` and
-the epoch), then samples pass a shuffle buffer of `shuffle_buffer` seeded by (seed, epoch,
-rank, worker). The same arguments give the same stream.
+**Shuffling.** Shard order is shuffled per epoch and pass; the samples of a pass then go
+through a `wds.shuffle` buffer of `shuffle_buffer` seeded by (seed, epoch, rank, worker),
+emptied at the end of the pass (a buffer reaching into the next pass would repeat samples).
 
-**Several sets.** Without weights, the sets are pooled and read once per epoch. With
-`weights`, each worker draws the next sample's set at random with those weights, cycling a
-set that runs out (so a small, heavily weighted set repeats); an epoch is still
-`samples_per_rank()` samples, now split evenly between the workers.
+**Several sets.** Without weights, the sets are pooled. With `weights`, each worker draws
+the next sample's set at random with those weights (a small, heavily weighted set repeats);
+an epoch is still `samples_per_rank()` samples.
 
-**Video curriculum.** Video clips record their `skip` (largest gap between their frames, in
-annotated frames). The generator writes clips with skips from 1 to its `max_skip`; a reader
-with `max_skip=k` drops clips with `skip > k` (counts come from the manifest's
-`samples_by_skip`, so `samples_per_rank()` accounts for it). Image clips have no skip and
-are never dropped.
+**uint8 samples** (`uint8=True`) carry a quarter of the bytes through the DataLoader's
+shared memory; at 384 px that cost more worker time than decoding (measured with
+`benchmarks/train_throughput.py --data-only`). Training converts them after the loader
+(`training.data.epoch_loader`).
+
+**Shard checks.** Shards are read with `datagen.shards.read_shard`: size checked before,
+sha256 of the bytes as they stream by (`verify`), every sample's members and the sample
+count checked; a frame that does not decode is named too. A bad shard raises `ShardError`,
+one line naming it (`bad_shards="stop"`, the default), or is logged in one line, counted
+(`skipped_shards()`, over all DataLoader workers) and left out for the rest of the epoch
+(`"skip"`). The sha256 is known only at the end of a shard: all its samples but the last
+have been yielded, and trained on, by then (the price of reading each shard once); a shard
+whose reading the epoch's quota cuts short is not hashed.
 
 Each sample is a dict:
-    "frames":      float32 [3, 3, H, W] in [0, 1]
-    "labels":      int64 [3, H, W]; the objects of frame 0 become 1..K (K <= max_objects, a
-                   random choice when there are more); everything else is background 0
+    "frames":      float32 [3, 3, S, S] in [0, 1]; with `uint8=True`, uint8 0..255
+    "labels":      int64 [3, S, S] (uint8 with `uint8=True`); the objects of frame 0 become
+                   1..K (K <= max_objects, a random choice when there are more); everything
+                   else is background 0
     "num_objects": K
     "key":         the sample key in its shard (prefixed "<set>/" when reading several sets)
+    "clip":        what makes the clip distinct: the key, and for a window the raw indices
+                   of the drawn frames ("<key>@12,15,19")
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import multiprocessing
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
+import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+import webdataset as wds
+from torch.utils.data import IterableDataset
 from torchvision.io import decode_jpeg, decode_png
-from webdataset import gopen_schemes
-from webdataset.tariterators import tarfile_samples
+from webdataset.utils import pytorch_worker_info
 
-from core.storage import filesystem
 from datagen.manifest import ManifestError, manifest_url, read_manifest, shard_url
+from datagen.shards import ShardError, read_shard
+from datagen.synthesis import draw_window_frames
 
-__all__ = ["ClipStream", "ManifestError", "read_manifest", "register_fsspec_opener"]
+__all__ = [
+    "NO_AUGMENT",
+    "Augment",
+    "ClipStream",
+    "ManifestError",
+    "ShardError",
+    "read_manifest",
+]
+
+log = logging.getLogger("vos.data")
+
+BadShards = Literal["stop", "skip"]
+CLIP_FRAMES = 3
+CROP_ATTEMPTS = 3
+GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 
 
-def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **_kw):
-    """WebDataset opener for fsspec URLs; the filesystem is created in the calling process."""
-    fs, path = filesystem(url)
-    return fs.open(path, mode)
+@dataclass(frozen=True)
+class Augment:
+    """The augmentation every clip gets in the DataLoader workers."""
+
+    flip: bool = True  # horizontal, half of the clips
+    colour_jitter: float = 0.2  # brightness, contrast and saturation each x U(1 -+ this)
+    crop_jitter: float = 0.05  # each frame's crop moves by up to this fraction of the size
 
 
-def register_fsspec_opener(schemes: tuple[str, ...] = ("s3", "s3a")) -> None:
-    """Let plain `webdataset` open these URL schemes through fsspec."""
-    for scheme in schemes:
-        gopen_schemes[scheme] = _fsspec_open
+NO_AUGMENT = Augment(flip=False, colour_jitter=0.0, crop_jitter=0.0)
 
 
-register_fsspec_opener()
+# -- which samples each rank and worker reads -----------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Shard:
     set_index: int
     url: str
-    samples: int  # samples kept after the max_skip filter
+    samples: int
+    bytes: int
+    sha256: str
+    first: int = 0  # index of its first sample among all samples of its pool (manifest order)
 
 
 @dataclass(frozen=True)
 class _Part:
-    """What one rank reads of one set: whole shards, or every `stride`-th sample from `offset`."""
+    """Shards to read, keeping the samples whose index in the pool is `offset` mod `stride`
+    (an index that does not depend on the order shards are read in)."""
 
     shards: tuple[_Shard, ...]
     stride: int = 1
     offset: int = 0
 
+    def kept(self, shard: _Shard) -> int:
+        start = shard.first + (self.offset - shard.first) % self.stride
+        return len(range(start, shard.first + shard.samples, self.stride))
+
     def count(self) -> int:
-        total = sum(shard.samples for shard in self.shards)
-        if self.stride == 1:
-            return total
-        return max(0, (total - self.offset + self.stride - 1) // self.stride)
+        return sum(self.kept(shard) for shard in self.shards)
+
+    def keeps(self, shard: _Shard, position: int) -> bool:
+        return (shard.first + position) % self.stride == self.offset
 
 
-def _kept(entry: dict, max_skip: int | None) -> int:
-    by_skip = entry.get("samples_by_skip")
-    if max_skip is None or by_skip is None:
-        return int(entry["samples"])
-    return sum(count for skip, count in by_skip.items() if int(skip) <= max_skip)
+def _pool(shards: list[_Shard]) -> _Part:
+    """All of `shards` as one part, each sample indexed in this order."""
+    firsts = itertools.accumulate((shard.samples for shard in shards), initial=0)
+    return _Part(
+        tuple(replace(shard, first=first) for shard, first in zip(shards, firsts, strict=False))
+    )
 
 
-def _split(shards: list[_Shard], rank: int, world_size: int) -> _Part:
-    """Rank `rank`'s part: balanced whole shards, or a sample stride when shards are few."""
-    if len(shards) < world_size:
-        return _Part(tuple(shards), stride=world_size, offset=rank)
-    loads = [0] * world_size
-    owned: list[list[int]] = [[] for _ in range(world_size)]
-    by_size = sorted(range(len(shards)), key=lambda i: (-shards[i].samples, i))
-    for index in by_size:
-        target = min(range(world_size), key=lambda r: (loads[r], r))
-        loads[target] += shards[index].samples
-        owned[target].append(index)
-    return _Part(tuple(shards[i] for i in sorted(owned[rank])))
+def _divide(part: _Part, index: int, count: int) -> _Part:
+    """Share `index` of `count`: whole shards balanced by samples (largest first to the share
+    with fewest, ties by shard order), or, with fewer shards than shares, all of them keeping
+    every `count`-th of the part's samples."""
+    if len(part.shards) < count:
+        return _Part(part.shards, part.stride * count, part.offset + part.stride * index)
+    loads = [0] * count
+    owned: list[list[int]] = [[] for _ in range(count)]
+    for i in sorted(range(len(part.shards)), key=lambda i: (-part.kept(part.shards[i]), i)):
+        target = min(range(count), key=lambda share: (loads[share], share))
+        loads[target] += part.kept(part.shards[i])
+        owned[target].append(i)
+    return _Part(tuple(part.shards[i] for i in sorted(owned[index])), part.stride, part.offset)
 
 
 class ClipStream:
@@ -139,6 +198,10 @@ class ClipStream:
         shuffle_buffer: int = 256,
         max_objects: int = 3,
         max_skip: int | None = None,
+        augment: Augment = NO_AUGMENT,
+        verify: bool = True,
+        bad_shards: BadShards = "stop",
+        uint8: bool = False,
     ):
         urls = [manifest_urls] if isinstance(manifest_urls, str) else list(manifest_urls)
         if not urls:
@@ -153,8 +216,12 @@ class ClipStream:
             )
         if max_objects < 1:
             raise ValueError("max_objects must be >= 1")
+        if bad_shards not in ("stop", "skip"):
+            raise ValueError(f"bad_shards must be 'stop' or 'skip', got {bad_shards!r}")
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle_buffer, self.max_objects, self.max_skip = shuffle_buffer, max_objects, max_skip
+        self.augment, self.verify, self.bad_shards = augment, verify, bad_shards
+        self.uint8 = uint8
         self.weights = None if weights is None else [float(w) for w in weights]
         self.manifests = [read_manifest(url) for url in urls]
         sizes = {m["clip"]["size"] for m in self.manifests}
@@ -162,33 +229,71 @@ class ClipStream:
             raise ManifestError(
                 f"the sets have different clip sizes {sorted(sizes)}; they cannot be batched together"
             )
+        self.size = sizes.pop()
         self.sets: list[list[_Shard]] = []
         for set_index, (url, manifest) in enumerate(zip(urls, self.manifests, strict=True)):
             location = manifest_url(url)
             self.sets.append(
                 [
-                    _Shard(set_index, shard_url(location, entry["name"]), _kept(entry, max_skip))
+                    _Shard(
+                        set_index,
+                        shard_url(location, entry["name"]),
+                        int(entry["samples"]),
+                        int(entry["bytes"]),
+                        entry["sha256"],
+                    )
                     for entry in manifest["shards"]
                 ]
             )
+        self._skipped = multiprocessing.Value("i", 0)  # shared with forked DataLoader workers
+
+    def max_gap(self, set_index: int) -> int:
+        """The largest gap (raw frames) of the clips drawn from a video set's windows."""
+        if self.max_skip is not None:
+            return self.max_skip
+        window = self.manifests[set_index].get("window") or {}
+        return int(window.get("max_skip", 1))
 
     # -- sizes ------------------------------------------------------------------------------
     def _parts(self, rank: int) -> list[_Part]:
         """The parts of each set (weighted) or of the pooled sets (unweighted) for `rank`."""
         if self.weights is None:
-            pooled = [shard for shards in self.sets for shard in shards]
-            return [_split(pooled, rank, self.world_size)]
-        return [_split(shards, rank, self.world_size) for shards in self.sets]
+            pooled = _pool([shard for shards in self.sets for shard in shards])
+            return [_divide(pooled, rank, self.world_size)]
+        return [_divide(_pool(shards), rank, self.world_size) for shards in self.sets]
+
+    def samples_held(self, rank: int | None = None) -> int:
+        """Samples `rank` (default: this stream's) holds; an epoch reads samples_per_rank()."""
+        return sum(part.count() for part in self._parts(self.rank if rank is None else rank))
 
     def samples_per_rank(self) -> int:
-        """Samples every rank yields at least, per epoch: the minimum over ranks."""
-        return min(
-            sum(part.count() for part in self._parts(rank)) for rank in range(self.world_size)
-        )
+        """Samples every rank yields per epoch: the minimum over ranks of what they hold."""
+        return min(self.samples_held(rank) for rank in range(self.world_size))
+
+    def skipped_shards(self) -> int:
+        """Bad shards skipped so far (`bad_shards="skip"`), by all workers of this stream."""
+        return self._skipped.value
 
     def dataset(self, epoch: int = 0) -> IterableDataset:
-        """The stream for one epoch (a fresh shuffle per epoch)."""
+        """The stream for one epoch (a fresh shuffle and fresh clips per epoch)."""
         return _ClipDataset(self, epoch)
+
+
+# -- one epoch of one worker ----------------------------------------------------------------------
+
+
+@dataclass
+class _Drawn:
+    """A sample with its clip's frames chosen (only their bytes kept), before decoding."""
+
+    set_index: int
+    url: str  # of its shard
+    key: str
+    record: dict
+    positions: list[int]
+    jpegs: list[bytes]
+    pngs: list[bytes]
+    rng: random.Random
 
 
 class _ClipDataset(IterableDataset):
@@ -199,133 +304,296 @@ class _ClipDataset(IterableDataset):
         self.epoch_length = stream.samples_per_rank()
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        stream = self.stream
-        rng = random.Random(f"{stream.seed}/{self.epoch}/{stream.rank}/{worker}")
-        if stream.weights is None:
-            raw = self._part_samples(0, self.parts[0], worker, workers, cycle=0)
-        else:
-            quota = self.epoch_length // workers + (worker < self.epoch_length % workers)
-            raw = self._mixed(worker, workers, quota, rng)
-        shuffled = _shuffle(raw, stream.shuffle_buffer, rng)
-        prefix = len(stream.sets) > 1
-        for set_index, sample in shuffled:
-            yield _decode(sample, stream.max_objects, rng, f"{set_index}/" if prefix else "")
+        _, _, worker, workers = pytorch_worker_info()
+        shares = [self._shares(i, part, workers) for i, part in enumerate(self.parts)]
+        if self.stream.weights is None:  # each worker up to what its shards hold
+            quotas = _quotas([share.count() for share in shares[0]], self.epoch_length)
+        else:  # each worker draws from every set: even quotas
+            quotas = [
+                self.epoch_length // workers + (w < self.epoch_length % workers)
+                for w in range(workers)
+            ]
+        if quotas[worker] == 0:  # with_epoch(0) would mean "no limit"
+            return iter(())
+        seed = f"{self.stream.seed}/{self.epoch}/{self.stream.rank}/{worker}"
+        shuffle = random.Random(f"{seed}/shuffle")
+        sources = [
+            self._passes(i, part_shares[worker], seed, shuffle)
+            for i, part_shares in enumerate(shares)
+        ]
+        weights = self.stream.weights or [1.0]
+        pipeline = wds.DataPipeline(
+            lambda: _mixed(sources, weights, random.Random(f"{seed}/mix")),
+            self._clips,
+        ).with_epoch(quotas[worker])
+        return iter(pipeline)
 
-    def _mixed(self, worker: int, workers: int, quota: int, rng: random.Random) -> Iterator:
-        weights = list(self.stream.weights)
-        streams = {
-            i: self._endless(i, part, worker, workers)
-            for i, part in enumerate(self.parts)
-            if weights[i] > 0
-        }
-        produced = 0
-        while produced < quota and streams:
-            choices = sorted(streams)
-            index = rng.choices(choices, weights=[weights[i] for i in choices])[0]
-            sample = next(streams[index], None)
-            if sample is None:  # this worker has nothing of that set
-                del streams[index]
-                continue
-            produced += 1
-            yield sample
-
-    def _endless(self, set_index: int, part: _Part, worker: int, workers: int) -> Iterator:
-        cycle = 0
-        while True:
-            empty = True
-            for sample in self._part_samples(set_index, part, worker, workers, cycle):
-                empty = False
-                yield sample
-            if empty:
-                return
-            cycle += 1
-
-    def _part_samples(
-        self, part_index: int, part: _Part, worker: int, workers: int, cycle: int
-    ) -> Iterator:
-        """(set index, raw sample) for this worker, in this epoch's shard order."""
-        stream = self.stream
+    def _shares(self, part_index: int, part: _Part, workers: int) -> list[_Part]:
+        """Every worker's share of `part` in this epoch (ties broken by the epoch's shard order)."""
         order = list(part.shards)
-        random.Random(f"{stream.seed}/{self.epoch}/{part_index}/{cycle}").shuffle(order)
-        whole_shards = part.stride == 1 and len(order) >= workers
-        shards = order[worker::workers] if whole_shards else order
-        rank_index = worker_index = 0
-        for shard in shards:
-            for sample in _shard_samples(shard, stream.max_skip):
-                if not whole_shards:
-                    keep_rank = rank_index % part.stride == part.offset
-                    rank_index += 1
-                    if not keep_rank:
-                        continue
-                    keep_worker = worker_index % workers == worker
-                    worker_index += 1
-                    if not keep_worker:
-                        continue
-                yield shard.set_index, sample
+        random.Random(f"{self.stream.seed}/{self.epoch}/{part_index}").shuffle(order)
+        ordered = _Part(tuple(order), part.stride, part.offset)
+        return [_divide(ordered, worker, workers) for worker in range(workers)]
 
+    def _passes(
+        self, part_index: int, share: _Part, seed: str, shuffle: random.Random
+    ) -> Iterator[_Drawn]:
+        """This worker's share of a part, pass after pass (each in a new shard order, shuffled
+        within the pass so that no pass mixes into the next), clips drawn; ends when a pass
+        finds no sample."""
+        stream = self.stream
+        bad: set[str] = set()
+        for number in itertools.count():
+            order = [shard for shard in share.shards if shard.url not in bad]
+            random.Random(f"{seed}/{part_index}/{number}").shuffle(order)
+            drawn = self._drawn(self._pass(share, order, bad, number), seed)
+            if stream.shuffle_buffer > 1:
+                drawn = wds.shuffle(stream.shuffle_buffer, rng=shuffle)(drawn)
+            found = False
+            for clip in drawn:
+                found = True
+                yield clip
+            if not found:
+                return
 
-def _shard_samples(shard: _Shard, max_skip: int | None) -> Iterator[dict]:
-    """Raw samples of one shard that pass the skip filter; checks the count against the manifest."""
-    count = 0
-    for sample in tarfile_samples([{"url": shard.url}]):
-        record = json.loads(sample["json"])
-        if max_skip is not None and record.get("skip", 0) > max_skip:
-            continue
-        sample["record"] = record
-        count += 1
-        yield sample
-    if count != shard.samples:
-        raise ManifestError(
-            f"{shard.url}: the manifest promises {shard.samples} samples, the shard holds {count}"
-        )
+    def _pass(self, share: _Part, order: list[_Shard], bad: set[str], number: int) -> Iterator:
+        """(set index, shard URL, raw sample) of one pass over `order`, the samples `share`
+        keeps."""
+        for shard in order:
+            for position, sample in enumerate(self._shard_samples(shard, bad)):
+                if share.keeps(shard, position):
+                    sample["__pass__"] = number
+                    yield shard.set_index, shard.url, sample
 
+    def _shard_samples(self, shard: _Shard, bad: set[str]) -> Iterator[dict]:
+        stream = self.stream
+        try:
+            yield from read_shard(
+                shard.url, shard.samples, shard.bytes, shard.sha256, stream.verify
+            )
+        except ShardError as err:
+            if stream.bad_shards == "stop":
+                raise
+            bad.add(shard.url)
+            with stream._skipped.get_lock():
+                stream._skipped.value += 1
+            log.warning("skipped a bad shard: %s", err)
 
-def _shuffle(samples: Iterator, size: int, rng: random.Random) -> Iterator:
-    """A shuffle buffer: hold `size` samples, emit a random one for each new one."""
-    if size <= 1:
-        yield from samples
-        return
-    buffer = []
-    for sample in samples:
-        buffer.append(sample)
-        if len(buffer) >= size:
-            index = rng.randrange(len(buffer))
-            buffer[index], buffer[-1] = buffer[-1], buffer[index]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
-
-
-def _decode(sample: dict, max_objects: int, rng: random.Random, key_prefix: str) -> dict:
-    frame_names = sorted(name for name in sample if name.startswith("f") and name.endswith(".jpg"))
-    frames = torch.stack(
-        [
-            decode_jpeg(torch.frombuffer(bytearray(sample[n]), dtype=torch.uint8))
-            for n in frame_names
-        ]
-    )
-    masks = torch.stack(
-        [
-            decode_png(
-                torch.frombuffer(
-                    bytearray(sample[n.replace("f", "m", 1).replace(".jpg", ".png")]),
-                    dtype=torch.uint8,
+    def _drawn(self, samples: Iterator, seed: str) -> Iterator[_Drawn]:
+        """Choose each sample's clip frames (a window: a fresh draw) and keep only their bytes."""
+        for set_index, url, sample in samples:
+            key = sample["__key__"]
+            rng = random.Random(f"{seed}/{set_index}/{key}/{sample['__pass__']}")
+            record = json.loads(sample["json"])
+            if record.get("kind") == "window":
+                starts_ok = [bool(objects) for objects in record["frame_objects"]]
+                positions = draw_window_frames(
+                    record["frame_indices"], self.stream.max_gap(set_index), rng, starts_ok
                 )
-            )[0]
-            for n in frame_names
-        ]
-    )
-    present = [int(v) for v in torch.unique(masks[0]) if v != 0]
+            else:
+                positions = list(range(CLIP_FRAMES))
+            yield _Drawn(
+                set_index,
+                url,
+                key,
+                record,
+                positions,
+                [sample[f"f{p}.jpg"] for p in positions],
+                [sample[f"m{p}.png"] for p in positions],
+                rng,
+            )
+
+    def _clips(self, drawn: Iterator[_Drawn]) -> Iterator[dict]:
+        """Decoded, augmented clips; a sample that cannot be decoded (its shard is damaged:
+        the end-of-shard check names it too) stops the stream, or is skipped."""
+        for sample in drawn:
+            try:
+                yield self._clip(sample)
+            except ShardError as err:
+                if self.stream.bad_shards == "stop":
+                    raise
+                log.warning("skipped a sample: %s", err)
+
+    def _clip(self, drawn: _Drawn) -> dict:
+        stream = self.stream
+        try:
+            frames = [decode_jpeg(_bytes_tensor(data)) for data in drawn.jpegs]
+            masks = [decode_png(_bytes_tensor(data))[0] for data in drawn.pngs]
+        except RuntimeError as err:
+            raise ShardError(
+                f"shard {drawn.url}: sample {drawn.key!r} cannot be decoded "
+                f"({' '.join(str(err).split()).rsplit(', ', 1)[-1]}); the shard is damaged"
+            ) from None
+        boxes = drawn.record.get("boxes")
+        box = boxes[drawn.positions[0]] if boxes else None
+        jitter = stream.augment.colour_jitter
+        dtype = torch.uint8 if stream.uint8 and jitter <= 0 else torch.float32
+        for _ in range(CROP_ATTEMPTS):  # a crop that loses frame 0's objects is drawn again
+            cropped, cropped_masks = _cropped(
+                frames, masks, stream.size, box, stream.augment, drawn.rng, dtype
+            )
+            labels, count = _first_frame_objects(cropped_masks, stream.max_objects, drawn.rng)
+            if count:
+                break
+        prefix = f"{drawn.set_index}/" if len(stream.sets) > 1 else ""
+        clip = prefix + drawn.key
+        if drawn.record.get("kind") == "window":
+            indices = drawn.record["frame_indices"]
+            clip += "@" + ",".join(str(indices[p]) for p in drawn.positions)
+        return {
+            "frames": _coloured(cropped, jitter, drawn.rng, stream.uint8),
+            "labels": labels if stream.uint8 else labels.long(),
+            "num_objects": count,
+            "key": prefix + drawn.key,
+            "clip": clip,
+        }
+
+
+def _quotas(counts: list[int], total: int) -> list[int]:
+    """`total` (at most sum(counts)) split into parts of at most `counts` each, in proportion,
+    the remainder one each to the parts with the largest fractions."""
+    held = sum(counts)
+    if held == 0:
+        return [0] * len(counts)
+    quotas = [count * total // held for count in counts]
+    by_fraction = sorted(range(len(counts)), key=lambda i: (-(counts[i] * total % held), i))
+    for i in by_fraction[: total - sum(quotas)]:
+        quotas[i] += 1
+    return quotas
+
+
+def _mixed(sources: list[Iterator], weights: list[float], rng: random.Random) -> Iterator:
+    """Samples from `sources`, each next one from a source drawn with `weights`; a source
+    that ends is dropped, and the mix ends when every source has."""
+    live = {i: source for i, source in enumerate(sources) if weights[i] > 0}
+    while live:
+        choices = sorted(live)
+        index = (
+            choices[0]
+            if len(choices) == 1
+            else rng.choices(choices, [weights[i] for i in choices])[0]
+        )
+        sample = next(live[index], None)
+        if sample is None:
+            del live[index]
+            continue
+        yield sample
+
+
+# -- decoding and augmentation -------------------------------------------------------------------
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _cropped(
+    frames: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    size: int,
+    box: list[int] | None,
+    augment: Augment,
+    rng: random.Random,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 frames [3, H, W] and masks [H, W] (H, W >= size) cropped to size x size: one
+    placement per clip (`box`'s centre inside it), moved per frame by the crop jitter, zeros
+    beyond the frame, maybe mirrored. Returns frames [T, 3, size, size] of `dtype` (values
+    0..255, converted as they are copied) and uint8 masks [T, size, size]."""
+    height, width = masks[0].shape
+    jitter = round(augment.crop_jitter * size)
+    top = _crop_start(height, size, None if box is None else (box[1], box[3]), rng)
+    left = _crop_start(width, size, None if box is None else (box[0], box[2]), rng)
+    flip = augment.flip and rng.random() < 0.5
+    out_frames = torch.empty(len(frames), 3, size, size, dtype=dtype)
+    out_masks = torch.empty(len(masks), size, size, dtype=torch.uint8)
+    for t in range(len(frames)):
+        y, x = top + rng.randint(-jitter, jitter), left + rng.randint(-jitter, jitter)
+        _crop_into(out_frames[t], frames[t], y, x, flip)
+        _crop_into(out_masks[t], masks[t], y, x, flip)
+    return out_frames, out_masks
+
+
+def _crop_start(extent: int, size: int, span: tuple[int, int] | None, rng: random.Random) -> int:
+    """Where a crop of `size` starts along one axis: at random, with the centre of the objects'
+    `span` inside the crop (a tenth of it from its border) when that is possible."""
+    room = extent - size
+    if room <= 0:
+        return room // 2
+    low, high = 0, room
+    if span is not None:
+        centre, margin = (span[0] + span[1]) // 2, size // 10
+        inner_low, inner_high = max(low, centre - size + margin), min(high, centre - margin)
+        if inner_low <= inner_high:
+            low, high = inner_low, inner_high
+    return rng.randint(low, high)
+
+
+def _crop_into(out: torch.Tensor, image: torch.Tensor, top: int, left: int, flip: bool) -> None:
+    """out [..., S, S] = the S x S window of image [..., H, W] at (top, left), zeros where it
+    leaves the image, mirrored left to right with `flip`."""
+    size = out.shape[-1]
+    height, width = image.shape[-2:]
+    y0, y1 = min(max(top, 0), height), max(min(top + size, height), 0)
+    x0, x1 = min(max(left, 0), width), max(min(left + size, width), 0)
+    if y0 >= y1 or x0 >= x1:
+        out.zero_()
+        return
+    rows, columns = (y0 - top, y1 - top), (x0 - left, x1 - left)
+    source = image[..., y0:y1, x0:x1]
+    if flip:  # window column c goes to column size - 1 - c
+        source, columns = source.flip(-1), (size - columns[1], size - columns[0])
+    out[..., : rows[0], :] = 0  # only the border the image does not cover
+    out[..., rows[1] :, :] = 0
+    out[..., rows[0] : rows[1], : columns[0]] = 0
+    out[..., rows[0] : rows[1], columns[1] :] = 0
+    out[..., rows[0] : rows[1], columns[0] : columns[1]].copy_(source)
+
+
+def _coloured(frames: torch.Tensor, strength: float, rng: random.Random, uint8: bool):
+    """Frames [T, 3, S, S] with values 0..255 (float, or uint8 when there is no jitter) ->
+    colour-jittered float in [0, 1], or uint8 with `uint8` (rounded), in place where it can.
+
+    Brightness b, contrast c and saturation s are drawn from U(1 - strength, 1 + strength) and
+    applied in that order. All three are linear: b scales; c blends with the clip's mean grey
+    m; s blends each pixel x with its own grey g = w . x. Composed:
+    out = c b s x + c b (1 - s) g + (1 - c) b m, with one grey plane per frame.
+    """
+    if frames.dtype == torch.uint8:
+        return frames
+    count, _, height, width = frames.shape
+    top = 255.0 if uint8 else 1.0
+    if strength > 0:
+        brightness, contrast, saturation = (
+            rng.uniform(1 - strength, 1 + strength) for _ in range(3)
+        )
+        weights = torch.tensor([GREY])
+        mean_grey = float((frames[:, :, ::8, ::8].mean((0, 2, 3)) * weights[0]).sum())
+        scale = contrast * brightness * top / 255.0
+        rounding = 0.5 if uint8 else 0.0
+        pixels = frames.view(count, 3, height * width)
+        grey = torch.matmul(weights, pixels)  # [T, 1, H*W]
+        grey.mul_(scale * (1 - saturation)).add_(
+            (1 - contrast) * brightness * mean_grey * top / 255.0 + rounding
+        )
+        torch.add(grey, pixels, alpha=scale * saturation, out=pixels)  # one pass
+    elif not uint8:
+        frames.div_(255.0)
+    frames.clamp_(0.0, top)
+    return frames.to(torch.uint8) if uint8 else frames
+
+
+def _first_frame_objects(
+    masks: torch.Tensor, max_objects: int, rng: random.Random
+) -> tuple[torch.Tensor, int]:
+    """uint8 labels where the objects of frame 0 (at most `max_objects`, a random choice when
+    there are more) are 1..K in id order and everything else is 0; and K."""
+    counts = np.bincount(masks[0].numpy().ravel(), minlength=256)
+    present = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
     if len(present) > max_objects:
         present = sorted(rng.sample(present, max_objects))
-    lookup = torch.zeros(256, dtype=torch.int64)
-    for new_id, old_id in enumerate(present, start=1):
-        lookup[old_id] = new_id
-    return {
-        "frames": frames.float().div_(255.0),
-        "labels": lookup[masks.long()],
-        "num_objects": len(present),
-        "key": key_prefix + sample["__key__"],
-    }
+    if present == list(range(1, len(present) + 1)) and int(masks.max()) <= len(present):
+        return masks, len(present)  # ids already 1..K (the common case)
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[present] = np.arange(1, len(present) + 1)
+    return torch.from_numpy(np.take(lookup, masks.numpy())), len(present)  # 6x torch indexing

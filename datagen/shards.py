@@ -1,7 +1,11 @@
-"""Writing one WebDataset shard: clips -> JPEG/PNG/JSON -> tar bytes -> storage.
+"""One WebDataset shard: writing it (clips -> JPEG/PNG/JSON -> tar bytes -> storage) and
+reading it back checked against its manifest entry.
 
-A sample is one clip: `f0.jpg f1.jpg f2.jpg m0.png m1.png m2.png json` under the key
-`<shard>_<clip>` (e.g. `000012_000034`). The tar is assembled in memory and written with
+A sample is `f0.jpg ... f<T-1>.jpg m0.png ... m<T-1>.png json` under the key
+`<shard>_<clip>` (e.g. `000012_000034`): an image clip has T = 3 frames at the clip size; a
+video *window* has the T consecutive annotated frames of a stretch of video, shorter side a
+little above the clip size, and its JSON lists their raw frame indices (see
+`datagen.synthesis.make_video_window`). The tar is assembled in memory and written with
 one atomic write, so a shard is visible only when complete. Tars are byte-identical for the
 same clips: fixed member order, mtime 0, fixed owner, deterministic JPEG/PNG encoders.
 
@@ -10,6 +14,12 @@ count, size, sha256, skipped inputs) and the config hash it was made with. A rer
 shard only when that record exists, has the same config hash, and the tar's bytes still
 hash to the recorded sha256; anything else (missing, half-written, damaged, made with another
 config) is made again. The manifest is assembled from these records.
+
+**Reading** (`read_shard`): the size is checked before the shard is opened, and the bytes are
+hashed as the tar is streamed (one read, no second pass); a shard that is missing, has
+another size or sha256 than its manifest entry, another sample count, a damaged tar header or
+a sample without its JSON or a frame's mask raises `ShardError`, one line naming the shard.
+The hash is known only at the end of the shard: by then its samples have been yielded.
 """
 
 from __future__ import annotations
@@ -17,15 +27,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
+import tarfile
 import time
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from webdataset import TarWriter
 
-from core.storage import exists, join, read_bytes, write_bytes_atomic
+from core.storage import exists, filesystem, join, read_bytes, write_bytes_atomic
+from datagen.manifest import ManifestError
 from datagen.plan import ClipPlan
 from datagen.sources import BadInput
 from datagen.synthesis import (
@@ -34,22 +47,27 @@ from datagen.synthesis import (
     ClipSettings,
     PreparedFrames,
     SynthesisFailed,
+    VideoWindow,
+    make_video_window,
     prepare_image,
     synthesize_image_clip,
-    synthesize_video_clip,
 )
 
 __all__ = [
     "RECORDS_DIR",
+    "ShardError",
     "ShardResult",
     "ShardSpec",
     "build_shard",
     "encode_clip",
+    "frame_count",
+    "read_shard",
     "shard_name",
     "tar_bytes",
 ]
 
 RECORDS_DIR = "_shards"
+READ_SIZE = 1 << 20  # bytes per read from storage (and per hash update) of a streamed shard
 PNG_COMPRESS_LEVEL = 1  # masks are flat; level 1 is as small as 6 here and several times faster
 
 
@@ -63,7 +81,7 @@ class ShardSpec:
 
     index: int
     kind: str  # "image" or "video"
-    clips: tuple[ClipPlan, ...]
+    clips: tuple[ClipPlan, ...]  # video: sources are VideoWindows (a bare video: all its frames)
     settings: ClipSettings
     config_hash: str
     jpeg_quality: int = 90
@@ -137,7 +155,7 @@ class _Sources:
     """Decoded sources of one shard task: each image decoded once for all its clips, and the
     last video frames kept (consecutive clips of a video share frames)."""
 
-    def __init__(self, settings: ClipSettings, max_frames: int = 32):
+    def __init__(self, settings: ClipSettings, max_frames: int = 64):
         self.settings = settings
         self.max_frames = max_frames
         self.last_image: tuple[str, PreparedFrames | BadInput] | None = None
@@ -186,7 +204,12 @@ class _CachedVideo:
 
 def _make_clip(spec: ShardSpec, plan: ClipPlan, sources: _Sources) -> Clip:
     if spec.kind == "video":
-        return synthesize_video_clip(sources.video(plan.source), spec.settings, plan.seed)
+        window = plan.source
+        if not isinstance(window, VideoWindow):  # a whole video as one window
+            window = VideoWindow(window, tuple(range(len(window.frame_indices()))))
+        return make_video_window(
+            VideoWindow(sources.video(window.video), window.positions), spec.settings
+        )
     prepared = sources.image(plan.source)
     return synthesize_image_clip(prepared, spec.settings, plan.seed, plan.source.source_id)
 
@@ -202,18 +225,17 @@ def build_shard(spec: ShardSpec, output_url: str) -> ShardResult:
         return ShardResult(record, "kept", time.perf_counter() - started)
 
     sources = _Sources(spec.settings)
-    samples, skipped, skips = [], set(), Counter()
+    samples, skipped = [], set()
     for position, plan in enumerate(spec.clips):
         try:
             clip = _make_clip(spec, plan, sources)
         except BadInput as bad:
             skipped.add((bad.source, bad.reason))
             continue
-        except SynthesisFailed:
-            skipped.add((plan.source.source_id, NO_VALID_CROP))
+        except SynthesisFailed as failed:
+            reason = str(failed) if spec.kind == "video" else NO_VALID_CROP
+            skipped.add((plan.source.source_id, reason))
             continue
-        if "skip" in clip.record:
-            skips[str(clip.record["skip"])] += 1
         samples.append(encode_clip(clip, f"{spec.index:06d}_{position:06d}", spec.jpeg_quality))
 
     data = tar_bytes(samples)
@@ -226,8 +248,6 @@ def build_shard(spec: ShardSpec, output_url: str) -> ShardResult:
         "config_hash": spec.config_hash,
         "skipped": sorted([list(pair) for pair in skipped]),
     }
-    if spec.kind == "video":
-        record["samples_by_skip"] = dict(sorted(skips.items(), key=lambda item: int(item[0])))
     write_bytes_atomic(join(output_url, spec.name), data)
     write_bytes_atomic(
         _record_url(output_url, spec.index), json.dumps(record, sort_keys=True).encode()
@@ -235,3 +255,136 @@ def build_shard(spec: ShardSpec, output_url: str) -> ShardResult:
     return ShardResult(
         record, "replaced" if existed else "written", time.perf_counter() - started, len(samples)
     )
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+class ShardError(ManifestError):
+    """A shard that does not match its manifest entry or cannot be read; one line naming it.
+
+    A DataLoader worker's error reaches the training process re-raised with the worker's
+    traceback as its message; only the last line (this error's own) is kept.
+    """
+
+    def __init__(self, message: str):
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        super().__init__(re.sub(r"^(?:[\w.]+\.)?ShardError: ", "", last))
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only raw stream that hashes and counts the bytes read through it."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        self.digest.update(data)
+        self.bytes += len(data)
+        return len(data)
+
+
+_FRAME = re.compile(r"^f(\d+)\.jpg$")
+
+
+def frame_count(sample: dict) -> int:
+    """T of a sample's frames `f0.jpg ... f<T-1>.jpg`."""
+    return sum(1 for name in sample if _FRAME.match(name))
+
+
+def _check_members(sample: dict, url: str) -> None:
+    count = frame_count(sample)
+    expected = ["json"] + [f"f{t}.jpg" for t in range(count)] + [f"m{t}.png" for t in range(count)]
+    missing = [name for name in expected if name not in sample]
+    if count < 3 or missing:
+        what = ", ".join(missing) if missing else f"{count} frames"
+        raise ShardError(
+            f"shard {url}: sample {sample.get('__key__')!r} lacks {what}; the shard is damaged"
+        )
+
+
+def read_shard(
+    url: str, samples: int, size: int, sha256: str, verify: bool = True
+) -> Iterator[dict]:
+    """The samples of one shard (raw bytes per member), checked against its manifest entry.
+
+    Raises `ShardError` (one line naming the shard) before the first sample when the shard is
+    missing or has another size; on a damaged tar header or an incomplete sample when it is
+    met; and, when the count or (with `verify`) the sha256 differ, at the end of the shard,
+    before its last sample (so that a reader that stops after the last sample still gets the
+    check).
+    """
+    fs, path = filesystem(url)
+    try:
+        actual = fs.size(path)
+    except FileNotFoundError:
+        raise ShardError(f"shard {url} is missing (it is listed in the manifest)") from None
+    except OSError as err:
+        raise ShardError(f"shard {url} cannot be read: {_one_line(err)}") from None
+    if actual != size:
+        raise ShardError(
+            f"shard {url} has {actual} bytes, the manifest says {size}: it was changed"
+        )
+    count, last = 0, None
+    try:
+        with fs.open(path, "rb") as raw:
+            hashed = _HashingReader(raw) if verify else None
+            stream = io.BufferedReader(hashed, READ_SIZE) if verify else raw
+            for sample in _tar_samples(stream):
+                _check_members(sample, url)
+                count += 1
+                if last is not None:
+                    yield last
+                last = sample  # held back: the shard is checked before its last sample goes
+            while verify and stream.read(READ_SIZE):  # the end-of-archive padding is hashed too
+                pass
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+        raise ShardError(
+            f"shard {url} is damaged (after {count} samples): {_one_line(err)}"
+        ) from None
+    _check_whole(url, hashed, count, samples, size, sha256)
+    if last is not None:
+        yield last
+
+
+def _check_whole(url: str, hashed, count: int, samples: int, size: int, sha256: str) -> None:
+    if count != samples:
+        raise ShardError(
+            f"shard {url}: the manifest promises {samples} samples, the shard holds {count}"
+        )
+    if hashed is not None and (hashed.bytes != size or hashed.digest.hexdigest() != sha256):
+        raise ShardError(
+            f"shard {url}: its sha256 does not match the manifest (damaged or replaced); "
+            f"{max(count - 1, 0)} of its samples had been used before the check"
+        )
+
+
+def _tar_samples(stream) -> Iterator[dict]:
+    """Samples of a streamed tar: consecutive members `<key>.<name>` grouped by key."""
+    sample: dict = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, _, name = member.name.partition(".")
+            if sample and key != sample["__key__"]:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            if name in sample:
+                raise ValueError(f"duplicate member {member.name}")
+            sample[name] = tar.extractfile(member).read()
+            tar.members = []  # streaming: do not keep every header in memory
+    if sample:
+        yield sample
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

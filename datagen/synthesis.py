@@ -27,11 +27,20 @@ the clip's JSON record holds the parameters, so a clip is regenerated exactly fr
 Speed (CPU, one thread, 384 px from 854 x 480): the coarse map is upsampled with two small
 matrix products instead of `F.interpolate`, frames stay planar uint8 (no HWC copy), and a
 source is decoded and converted to float once for all its clips (`prepare_image`).
+
+**Video windows.** Videos are not cut into fixed clips here: a video becomes overlapping
+*windows* of consecutive annotated frames (`window_positions`), each stored resized so that
+its shorter side is `(1 + window_margin) x size` (room for the reader's crop jitter) with its
+frames' raw video frame indices (`make_video_window`). The reader draws a fresh 3-frame clip
+from a window every epoch (`draw_window_frames`), with gaps counted in raw frames, so on
+YouTube-VOS (annotated every 5th frame) a gap of 5 is the next annotated frame.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import random
 import warnings
 from dataclasses import dataclass
 
@@ -46,6 +55,7 @@ from PIL import Image
 from datagen.sources import SIZE_MISMATCH, BadInput
 
 __all__ = [
+    "NO_OBJECT_IN_WINDOW",
     "NO_VALID_CROP",
     "VIDEO_SETTINGS",
     "Clip",
@@ -53,16 +63,22 @@ __all__ = [
     "FrameParams",
     "PreparedFrames",
     "SynthesisFailed",
+    "VideoWindow",
     "choose_video_frames",
     "clip_generator",
+    "draw_window_frames",
+    "make_video_window",
     "prepare_frames",
     "prepare_image",
     "sampling_grids",
     "synthesize_image_clip",
     "synthesize_video_clip",
+    "window_positions",
+    "window_short_side",
 ]
 
 NO_VALID_CROP = "no valid crop"
+NO_OBJECT_IN_WINDOW = "no object in window"
 
 
 class SynthesisFailed(Exception):
@@ -83,7 +99,9 @@ class ClipSettings:
     min_object_area: float = 0.01  # fraction of the crop the object must cover in a frame
     min_visible: float = 0.5  # fraction of the object (or of the crop) that must be visible
     max_attempts: int = 20
-    max_skip: int = 25  # video: largest gap between sampled frames, in annotated frames
+    max_skip: int = 25  # video: largest gap between a clip's frames (windows: in raw frames)
+    window_stride: int | None = None  # video: raw frames between window starts (None: max_skip)
+    window_margin: float = 0.15  # video: windows' shorter side is (1 + margin) x size
 
 
 VIDEO_SETTINGS = ClipSettings(rotation=(-10.0, 10.0), scale=(0.9, 1.1), tps_strength=0.0)
@@ -527,3 +545,136 @@ def synthesize_video_clip(video, settings: ClipSettings, seed: int) -> Clip:
         "frames": _frame_records(params, offsets, settings),
     }
     return Clip(frames, labels, record)
+
+
+# -- video windows ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoWindow:
+    """A plan item: consecutive annotated frames (`positions` into `video.frame_indices()`)."""
+
+    video: object  # a video source from datagen.sources
+    positions: tuple[int, ...]
+
+    @property
+    def source_id(self) -> str:
+        return f"{self.video.source_id}@{self.positions[0]}-{self.positions[-1]}"
+
+
+def window_positions(
+    indices: list[int], max_skip: int, stride: int | None = None, count: int = 3
+) -> list[tuple[int, ...]]:
+    """Windows of a video whose annotated frames have raw indices `indices` (sorted).
+
+    A window holds the annotated frames of `2 * max_skip + 1` consecutive raw frames, room for
+    a clip of `count` frames with both gaps at `max_skip`; at least `count` frames where
+    annotations are sparse. Windows start every `stride` raw frames (default `max_skip`, so
+    consecutive windows overlap by half) and the last one ends at the video's last frame.
+    A video shorter than a window is one window.
+    """
+    if len(indices) < count:
+        return []
+    span, stride = 2 * max_skip + 1, stride or max_skip
+    last_start = max(indices[0], indices[-1] - span + 1)
+    starts = list(range(indices[0], last_start + 1, stride))
+    if starts[-1] != last_start:
+        starts.append(last_start)
+    windows: list[tuple[int, ...]] = []
+    for start in starts:
+        low = bisect.bisect_left(indices, start)
+        high = max(bisect.bisect_left(indices, start + span), low + count)
+        if high > len(indices):
+            low, high = len(indices) - count, len(indices)
+        window = tuple(range(low, high))
+        if not windows or windows[-1] != window:
+            windows.append(window)
+    return windows
+
+
+def window_short_side(settings: ClipSettings) -> int:
+    """The shorter side of stored window frames: a little above the clip size."""
+    return max(settings.size, round(settings.size * (1 + settings.window_margin)))
+
+
+def _resized(image: np.ndarray, labels: np.ndarray, short_side: int):
+    height, width = labels.shape
+    scale = short_side / min(height, width)
+    size = (max(short_side, round(width * scale)), max(short_side, round(height * scale)))
+    if size == (width, height):
+        return image, labels
+    frame = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR)
+    mask = Image.fromarray(labels).resize(size, Image.Resampling.NEAREST)
+    return np.asarray(frame), np.asarray(mask)
+
+
+def _box(labels: np.ndarray) -> list[int] | None:
+    """[x0, y0, x1, y1) of all objects in a frame, None when it shows none."""
+    rows, columns = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
+    if rows.size == 0:
+        return None
+    return [int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1]
+
+
+def make_video_window(window: VideoWindow, settings: ClipSettings) -> Clip:
+    """The window's frames and masks, resized to `window_short_side(settings)`, as a `Clip`
+    (frames uint8 [N, 3, H, W]) whose record lists every frame's raw index, objects and the
+    box around its objects (what the reader needs to draw a clip without decoding).
+
+    Raises `SynthesisFailed` when no frame that can start a clip shows an object.
+    """
+    video = window.video
+    indices = video.frame_indices()
+    loaded = [video.load_frame(position) for position in window.positions]
+    sizes = {frame[0].shape for frame in loaded}
+    if len(sizes) > 1:
+        raise BadInput(SIZE_MISMATCH, video.source_id, f"frames of different sizes {sorted(sizes)}")
+    short_side = window_short_side(settings)
+    resized = [_resized(image, labels, short_side) for image, labels in loaded]
+    frame_objects = [_objects(labels) for _, labels in resized]
+    if not any(frame_objects[: len(resized) - settings.num_frames + 1]):
+        raise SynthesisFailed(NO_OBJECT_IN_WINDOW)
+    height, width = resized[0][1].shape
+    record = {
+        "kind": "window",
+        "source": video.source_id,
+        "frame_indices": [int(indices[position]) for position in window.positions],
+        "size": [int(width), int(height)],
+        "source_size": [int(loaded[0][0].shape[1]), int(loaded[0][0].shape[0])],
+        "objects": sorted({obj for objects in frame_objects for obj in objects}),
+        "frame_objects": frame_objects,
+        "boxes": [_box(labels) for _, labels in resized],
+    }
+    frames = np.stack([image.transpose(2, 0, 1) for image, _ in resized])
+    return Clip(frames, np.stack([labels for _, labels in resized]), record)
+
+
+def draw_window_frames(
+    indices: list[int],
+    max_gap: int,
+    rng: random.Random,
+    starts_ok: list[bool] | None = None,
+    count: int = 3,
+) -> list[int]:
+    """`count` ordered positions in a window whose frames have raw indices `indices`.
+
+    The clip's largest gap G is drawn uniformly from 1..max_gap raw frames, then each next
+    frame uniformly among the frames at most G raw frames after the previous one (so small
+    gaps are common, large ones possible, none above max_gap). Where the next annotated frame
+    is further than G (sparse annotations, or a gap limit under their spacing) the clip takes
+    the next annotated frame. The first frame is one whose `starts_ok` is true (it shows an
+    object), when there is one.
+    """
+    last_start = len(indices) - count
+    if last_start < 0:
+        raise ValueError(f"need {count} frames, the window has {len(indices)}")
+    limit = rng.randint(1, max(1, max_gap))
+    starts = [p for p in range(last_start + 1) if starts_ok is None or starts_ok[p]]
+    position = rng.choice(starts or list(range(last_start + 1)))
+    positions = [position]
+    for frames_left in range(count - 1, 0, -1):
+        furthest = len(indices) - frames_left  # leave room for the frames still to come
+        reachable = bisect.bisect_right(indices, indices[position] + limit) - 1
+        position = rng.randint(position + 1, max(position + 1, min(reachable, furthest)))
+        positions.append(position)
+    return positions

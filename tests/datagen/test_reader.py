@@ -1,8 +1,9 @@
-"""The training reader: decoding, rank and worker splitting, manifests, skips, mixing."""
+"""The training reader: decoding, rank and worker splitting (exact counts), manifests, mixing."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -10,9 +11,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from datagen.reader import ClipStream, ManifestError, read_manifest
-from datagen.sources import procedural_image_sources, procedural_video_sources
+from datagen.sources import procedural_image_sources
 from datagen.synthesis import ClipSettings
 from tests.datagen.conftest import build_set
+from tests.datagen.windows import write_windows
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,9 @@ def image_set(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def video_set(tmp_path_factory):
+    """Windows of 3 procedural videos of 12 frames (48 px clips, gaps up to 4)."""
     torch.set_num_threads(1)
-    url = str(tmp_path_factory.mktemp("video_set"))
-    found = procedural_video_sources(3, seed=4, num_frames=12, width=96, height=72)
-    settings = ClipSettings(
-        size=48, rotation=(-10, 10), scale=(0.9, 1.1), tps_strength=0.0, max_skip=4
-    )
-    build_set(url, found.sources, settings, kind="video", clips_per_source=6, clips_per_shard=5)
-    return url
+    return write_windows(str(tmp_path_factory.mktemp("video_set")), videos=3, max_skip=4)
 
 
 def _keys(stream: ClipStream, epoch: int = 0, workers: int = 0) -> list[str]:
@@ -55,32 +52,48 @@ def test_samples_are_decoded_tensors_with_remapped_objects(image_set):
         assert 1 <= k <= 2
         assert set(sample["labels"][0].unique().tolist()) == set(range(k + 1))
         assert sample["labels"].max() <= k
+        assert sample["clip"] == sample["key"]  # an image clip is its key
     assert Counter(s["num_objects"] for s in samples)[2] > 0  # some clips had 3 objects, 2 kept
 
 
-def test_two_ranks_get_disjoint_samples_and_at_least_samples_per_rank(image_set):
+def test_two_ranks_get_disjoint_samples_and_exactly_samples_per_rank(image_set):
     ranks = [ClipStream(image_set, rank=rank, world_size=2, seed=3) for rank in range(2)]
-    assert ranks[0].samples_per_rank() == ranks[1].samples_per_rank() == 11  # 12 + 11 clips: min
+    assert [stream.samples_held() for stream in ranks] == [12, 11]
+    assert ranks[0].samples_per_rank() == ranks[1].samples_per_rank() == 11  # the smaller
     keys = [_keys(stream) for stream in ranks]
     assert not set(keys[0]) & set(keys[1])
-    assert len(set(keys[0]) | set(keys[1])) == 23
-    assert all(len(k) == len(set(k)) >= 11 for k in keys)  # nothing twice in an epoch
+    assert [len(k) for k in keys] == [len(set(k)) for k in keys] == [11, 11]
 
 
 def test_dataloader_workers_split_a_rank_without_loss_or_repeats(image_set):
     stream = ClipStream(image_set, rank=1, world_size=2, seed=3)
     alone = _keys(stream)
     with_workers = _keys(stream, workers=2)
-    assert sorted(with_workers) == sorted(alone)
+    assert sorted(with_workers) == sorted(alone) and len(set(alone)) == 11
+
+
+def test_every_rank_and_worker_count_is_exact_with_uneven_shards(image_set, monkeypatch):
+    """Shards of 4, 4, 4, 4, 4 and 3 clips over 2 ranks (12 and 11 clips) and 2 or 3 loader
+    workers: every rank yields exactly samples_per_rank(), its workers together too, none
+    twice."""
+    for workers in (2, 3):
+        for rank in range(2):
+            stream = ClipStream(image_set, rank=rank, world_size=2, seed=1, shuffle_buffer=4)
+            per_worker = []
+            for worker in range(workers):  # the worker split, as webdataset sees a worker
+                monkeypatch.setenv("WORKER", str(worker))
+                monkeypatch.setenv("NUM_WORKERS", str(workers))
+                per_worker.append(_keys(stream))
+            keys = [key for chunk in per_worker for key in chunk]
+            assert len(keys) == len(set(keys)) == stream.samples_per_rank() == 11, (rank, workers)
+            assert all(chunk for chunk in per_worker)
 
 
 def test_fewer_shards_than_ranks_are_split_by_samples(image_set):
     streams = [ClipStream(image_set, rank=rank, world_size=8) for rank in range(8)]
-    counts = [len(_keys(s)) for s in streams]
     assert all(s.samples_per_rank() == 2 for s in streams)  # 23 // 8
-    assert sorted(counts) == [2] + [3] * 7
     every = [key for s in streams for key in _keys(s)]
-    assert len(every) == len(set(every)) == 23
+    assert len(every) == len(set(every)) == 16
 
 
 def test_epochs_shuffle_differently_and_repeat_with_the_seed(image_set):
@@ -91,8 +104,6 @@ def test_epochs_shuffle_differently_and_repeat_with_the_seed(image_set):
 
 
 def test_a_set_without_manifest_is_refused(tmp_path, image_set):
-    import shutil
-
     shutil.copytree(image_set, tmp_path / "half")
     (tmp_path / "half" / "manifest.json").unlink()  # shards all there, manifest not yet written
     with pytest.raises(ManifestError) as error:
@@ -104,8 +115,6 @@ def test_a_set_without_manifest_is_refused(tmp_path, image_set):
 
 
 def test_a_shard_with_fewer_samples_than_promised_is_an_error(tmp_path, image_set):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(image_set, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -115,25 +124,21 @@ def test_a_shard_with_fewer_samples_than_promised_is_an_error(tmp_path, image_se
         _keys(ClipStream(str(copy)))
 
 
-def test_max_skip_drops_clips_with_larger_gaps(video_set):
-    manifest = read_manifest(video_set)
-    by_skip = Counter()
-    for entry in manifest["shards"]:
-        by_skip.update({int(k): v for k, v in entry["samples_by_skip"].items()})
-    assert sum(by_skip.values()) == manifest["total_samples"] == 18
-    for max_skip in (1, 2, 4):
-        stream = ClipStream(video_set, max_skip=max_skip)
-        expected = sum(v for k, v in by_skip.items() if k <= max_skip)
-        assert stream.samples_per_rank() == expected
-        keys = _keys(stream)
-        assert len(keys) == expected
-    assert ClipStream(video_set).samples_per_rank() == 18
+def test_a_video_set_of_fixed_clips_is_refused(tmp_path, video_set):
+    shutil.copytree(video_set, tmp_path / "old")
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    (tmp_path / "old" / "manifest.json").write_text(
+        json.dumps({**manifest, "format": "vos-clips/1"})
+    )
+    with pytest.raises(ManifestError, match="fixed video clips .* regenerate"):
+        ClipStream(str(tmp_path / "old"))
 
 
 def test_weighted_mixing_of_two_sets(image_set, video_set):
+    windows = read_manifest(video_set)["total_samples"]
     only_first = ClipStream([image_set, video_set], weights=[1, 0])
     keys = _keys(only_first)
-    assert len(keys) == only_first.samples_per_rank() == 23 + 18
+    assert len(keys) == only_first.samples_per_rank() == 23 + windows
     assert all(key.startswith("0/") for key in keys)  # the image set, cycled to fill the epoch
 
     mixed = ClipStream([image_set, video_set], weights=[1, 1], seed=1)

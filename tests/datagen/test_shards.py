@@ -88,3 +88,31 @@ def test_bad_inputs_are_skipped_and_counted_once(tmp_path, bad_image_folder, tin
     assert manifest["total_samples"] == 2 * good
     assert sum(entry["samples"] for entry in manifest["shards"]) == manifest["total_samples"]
     assert all(entry["bytes"] > 0 and len(entry["sha256"]) == 64 for entry in manifest["shards"])
+
+
+def test_video_window_shards_are_byte_identical_and_read_back_checked(tmp_path):
+    from datagen.generate import video_windows
+    from datagen.shards import read_shard
+    from datagen.sources import procedural_video_sources
+    from datagen.synthesis import ClipSettings
+
+    settings = ClipSettings(size=48, max_skip=2)
+    windows = video_windows(procedural_video_sources(1, 3, 8, 96, 72).sources, settings)
+    assert [window.positions for window in windows] == [
+        (0, 1, 2, 3, 4),
+        (2, 3, 4, 5, 6),
+        (3, 4, 5, 6, 7),
+    ]
+    planned = plan_shards(windows, clips_per_source=1, clips_per_shard=3, seed=0)
+    spec = ShardSpec(0, "video", tuple(planned[0]), settings, "h")
+    first = build_shard(spec, str(tmp_path / "a"))
+    build_shard(spec, str(tmp_path / "b"))
+    tar = tmp_path / "a" / "shard-000000.tar"
+    assert tar.read_bytes() == (tmp_path / "b" / "shard-000000.tar").read_bytes()
+    record = first.record
+    samples = list(read_shard(str(tar), record["samples"], record["bytes"], record["sha256"]))
+    assert len(samples) == 3
+    for sample in samples:
+        frames = json.loads(sample["json"])["frame_indices"]
+        assert len(frames) == 5 and frames == list(range(frames[0], frames[0] + 5))
+        assert {f"f{t}.jpg" for t in range(5)} | {f"m{t}.png" for t in range(5)} <= set(sample)
