@@ -1,9 +1,13 @@
 """ResNet encoders from torchvision, cut after res4 (`layer3`, stride 16).
 
-Batch norm is frozen (both papers; the training batches are far too small to estimate
-statistics): the encoders keep their batch norm layers in eval mode even under `train()`,
-and the batch norm scale and shift do not train. Plain `nn.BatchNorm2d` in eval mode rather
-than `FrozenBatchNorm2d` because it runs as one fused op (faster inference).
+Batch norm is frozen by default (both papers, which start from ImageNet weights; their
+training batches are far too small to estimate statistics): the encoders keep their batch
+norm layers in eval mode even under `train()`, and the batch norm scale and shift do not
+train. Plain `nn.BatchNorm2d` in eval mode rather than `FrozenBatchNorm2d` because it runs as
+one fused op (faster inference). An encoder trained from scratch needs its batch norm to
+learn (`freeze_batchnorm(False)`): frozen at its initial identity it is no normalisation at
+all, and a tiny model then learns a saliency shortcut instead of using its mask (measured:
+`benchmarks/RESULTS.md`, "Mask dependence").
 """
 
 from __future__ import annotations
@@ -64,9 +68,6 @@ class ResNetEncoder(nn.Module):
         resnet = constructor(weights=None)
         if pretrained:
             resnet.load_state_dict(load_imagenet_weights(weights))
-        for module in resnet.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.requires_grad_(False)
         conv1 = resnet.conv1
         if mask_channels:
             conv1 = _add_mask_channels(conv1, mask_channels)
@@ -76,14 +77,23 @@ class ResNetEncoder(nn.Module):
         self.res2_channels, self.res3_channels, self.res4_channels = channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self.train()  # batch norm frozen from the start, not only after a train() call
+        self.freeze_batchnorm(True)
 
-    def train(self, mode: bool = True) -> ResNetEncoder:
-        """Switch to training mode, batch norm excepted: it stays frozen (eval mode)."""
-        super().train(mode)
+    def freeze_batchnorm(self, frozen: bool = True) -> ResNetEncoder:
+        """Keep batch norm in eval mode with fixed scale and shift (frozen), or let it learn."""
+        self.batchnorm_frozen = frozen
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.eval()
+                module.requires_grad_(not frozen)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> ResNetEncoder:
+        """Switch to training mode; frozen batch norm stays in eval mode."""
+        super().train(mode)
+        if self.batchnorm_frozen:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
         return self
 
     def forward(self, rgb: Tensor, masks: Tensor | None = None) -> EncoderFeatures:

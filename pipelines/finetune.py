@@ -8,7 +8,8 @@ It starts from `init.model_uri` (a registered model such as models:/gc-vos@champ
 runs:/<id>/model, a checkpoint folder or a .pt file) and grows the largest gap between the
 sampled frames every few epochs (`curriculum`). The same command runs on one CPU machine or
 many GPU nodes: workers, GPUs and storage come from the config (training/config.py).
-Rerunning with the same `run.name` resumes from the run's last checkpoint. What happens, step by step: training/driver.py.
+Rerunning with the same `run.name` resumes from the run's newest readable
+checkpoint (a finished run is refused). What happens, step by step: training/driver.py.
 """
 
 from __future__ import annotations

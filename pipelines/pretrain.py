@@ -6,7 +6,7 @@
 
 The same command runs on one CPU machine or many GPU nodes: workers, GPUs and storage come
 from the config (see training/config.py). Rerunning with the same `run.name` resumes
-from the run's last checkpoint. What happens, step by step: training/driver.py.
+from the run's newest readable checkpoint (a finished run is refused). What happens, step by step: training/driver.py.
 """
 
 from __future__ import annotations

@@ -54,8 +54,9 @@ REGISTERED_MODEL_NAMES: dict[str, str] = {
 }
 
 
-def rule(message: str) -> PydanticCustomError:
-    """A broken rule, reported by load_config as `<key> = <value>: <message>`."""
+def config_rule_error(message: str) -> PydanticCustomError:
+    """The pydantic error a validator raises for a broken config rule; `load_config` reports it
+    as `<key> = <value>: <message>`."""
     return PydanticCustomError("config_rule", message)
 
 
@@ -77,8 +78,8 @@ class RunSection(StrictModel):
     name: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="run name; a rerun with the same name resumes from its last checkpoint "
-        "(default: a new unique name)",
+        description="run name; a rerun with the same name resumes from its newest readable "
+        "checkpoint, and is refused once the run is finished (default: a new unique name)",
     )
     storage_path: str | None = Field(
         None,
@@ -109,6 +110,10 @@ class ModelSection(StrictModel):
 
 
 class DataSection(StrictModel):
+    """What a run trains on and how it is read (see `datagen.reader`): video windows give a
+    fresh clip every epoch, every clip is flipped, colour- and crop-jittered in the DataLoader
+    workers, and every shard is checked against its manifest as it is read."""
+
     manifests: list[str] = Field(min_length=1, description="manifest.json URLs of shard sets")
     weights: list[float] | None = Field(None, description="mixing weight of each manifest")
     batch_size: int = Field(4, gt=0, description="clips per step on each worker")
@@ -117,6 +122,22 @@ class DataSection(StrictModel):
     shuffle_buffer: int = Field(1000, ge=0)
     max_objects: int = Field(3, gt=0)
     seed: int = 0
+    flip: bool = Field(True, description="flip half of the clips horizontally")
+    colour_jitter: float = Field(
+        0.2, ge=0, lt=1, description="brightness, contrast, saturation each x U(1 -+ this)"
+    )
+    crop_jitter: float = Field(
+        0.05, ge=0, le=0.25, description="each frame's crop moves by up to this x clip size"
+    )
+    verify_shards: bool = Field(
+        True, description="hash every shard as it is read and compare it with its manifest"
+    )
+    bad_shards: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a shard that does not match its manifest: stop the run (one line naming "
+        "it), or skip it and count it; either way its samples read before the end-of-shard "
+        "hash check have been trained on",
+    )
 
     @field_validator("manifests")
     @classmethod
@@ -130,11 +151,11 @@ class DataSection(StrictModel):
         if value is None or manifests is None:
             return value
         if len(value) != len(manifests):
-            raise rule(
+            raise config_rule_error(
                 f"{len(value)} weights for {len(manifests)} manifests; give one per manifest"
             )
         if any(weight <= 0 for weight in value):
-            raise rule("every weight must be > 0")
+            raise config_rule_error("every weight must be > 0")
         return value
 
 
@@ -145,6 +166,11 @@ class TrainSection(StrictModel):
     weight_decay: float = Field(0.0, ge=0)
     grad_clip_norm: float | None = Field(1.0, gt=0, description="None: no clipping")
     log_every_steps: int = Field(10, gt=0)
+    freeze_batchnorm: bool = Field(
+        True,
+        description="the papers' frozen batch norm (from ImageNet weights); false for a model "
+        "trained from scratch, whose batch norm must learn",
+    )
 
 
 class ComputeSection(StrictModel):
@@ -164,7 +190,7 @@ class ComputeSection(StrictModel):
     @classmethod
     def _bf16_needs_a_gpu(cls, value: str, info: ValidationInfo) -> str:
         if value == "bf16" and not info.data.get("use_gpu"):
-            raise rule("bf16 needs compute.use_gpu = true")
+            raise config_rule_error("bf16 needs compute.use_gpu = true")
         return value
 
     def ray_resources(self) -> dict[str, float]:
@@ -190,6 +216,12 @@ class CurriculumSection(StrictModel):
 
     max_skip(epoch) = min(initial_max_skip + (epoch // grow_every_epochs) * grow_by,
                           final_max_skip)
+
+    Gaps are counted in raw video frames, annotated or not, as the papers count them: on
+    YouTube-VOS (annotated every 5th frame) max_skip 25 reaches 5 annotated frames ahead, and
+    a max_skip under 5 still takes the next annotated frame. The reader draws each epoch's
+    clips from the video windows with gaps up to that epoch's value; the windows hold gaps up
+    to the generator's clips.max_skip.
     """
 
     initial_max_skip: int = Field(3, gt=0)
@@ -202,7 +234,7 @@ class CurriculumSection(StrictModel):
     def _final_not_below_initial(cls, value: int, info: ValidationInfo) -> int:
         initial = info.data.get("initial_max_skip")
         if initial is not None and value < initial:
-            raise rule(f"must be >= curriculum.initial_max_skip ({initial})")
+            raise config_rule_error(f"must be >= curriculum.initial_max_skip ({initial})")
         return value
 
     def max_skip(self, epoch: int) -> int:
@@ -248,7 +280,8 @@ class TrainConfig(StrictModel):
         return self.run.storage_path or default_storage_path()
 
     def max_skip(self, epoch: int) -> int | None:
-        """The frame-skip limit for `epoch` (None: the stream's default, for image clips)."""
+        """The largest gap, in raw video frames, between the frames of `epoch`'s clips (None:
+        no curriculum; clips drawn from video windows then use the windows' whole range)."""
         return self.curriculum.max_skip(epoch) if self.curriculum else None
 
 
@@ -261,7 +294,9 @@ class PretrainConfig(TrainConfig):
     @classmethod
     def _no_finetune_sections(cls, value: Any) -> None:
         if value is not None:
-            raise rule("pretraining starts from scratch on image clips; use pipelines/finetune.py")
+            raise config_rule_error(
+                "pretraining starts from scratch on image clips; use pipelines/finetune.py"
+            )
         return value
 
 

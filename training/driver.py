@@ -5,14 +5,16 @@
 1. preflight (before Ray is touched): the storage can be reached, every data manifest can be
    read (its URL, sha256 and clip count go to MLflow), each rank gets at least one batch, the
    model to fine-tune from exists; each problem is one line in a `PreflightError`;
-2. opens the MLflow run (a rerun with the same run name continues the same MLflow run);
-3. builds a Ray Train V2 `TorchTrainer`: `ScalingConfig` (workers, CPUs/GPUs and extra
+2. refuses a rerun of a finished run (its newest readable checkpoint's train state is the
+   end of the run this config describes): it would train nothing and log a second model;
+3. opens the MLflow run (a rerun with the same run name continues the same MLflow run);
+4. builds a Ray Train V2 `TorchTrainer`: `ScalingConfig` (workers, CPUs/GPUs and extra
    resources per worker from the config), `TorchConfig` (NCCL on GPUs, gloo on CPUs),
    `RunConfig(name, storage_path)` with `FailureConfig(max_failures)` (a failed worker group
-   restarts from the latest checkpoint) and `CheckpointConfig(num_to_keep)`. Ray Train V2
-   has no `Trainer.restore`: a run resumes when it is started again with the same name and
-   storage path, which is why every run gets a unique name unless one is given;
-4. after `fit()`: loads the final checkpoint, logs the model with `model_store.log_model`, closes
+   restarts from the newest readable checkpoint) and `CheckpointConfig(num_to_keep)`. Ray
+   Train V2 has no `Trainer.restore`: a run resumes when it is started again with the same
+   name and storage path, which is why every run gets a unique name unless one is given;
+5. after `fit()`: loads the final checkpoint, logs the model with `model_store.log_model`, closes
    the MLflow run and returns a `TrainingResult` (run name, MLflow run id, checkpoint URL,
    model URI, final metrics) for the evaluation and promotion stages.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +31,7 @@ from typing import Any
 
 import mlflow
 import ray
+import torch
 from ray.train import (
     CheckpointConfig,
     FailureConfig,
@@ -43,10 +47,16 @@ from rich.table import Table
 from core import storage
 from core.config import ConfigError, load_config
 from datagen.manifest import manifest_url, read_manifest
-from datagen.reader import ClipStream
 from tracking import model_store, runs
 from training.config import TrainConfig
-from training.loop import train_loop_per_worker
+from training.data import clip_stream, replay_warnings, shard_problems
+from training.loop import (
+    TRAIN_STATE_FILE,
+    TrainState,
+    checkpoint_order,
+    run_is_complete,
+    train_loop_per_worker,
+)
 
 __all__ = ["PreflightError", "TrainingResult", "build_trainer", "main_for", "run_training"]
 
@@ -91,6 +101,7 @@ def _run_training(
     run_name = config.run_name()
     storage_path = config.storage_path()
     manifests = preflight(config, storage_path, tracking_uri)
+    refuse_a_finished_run(config, run_name, storage.join(storage_path, run_name))
     mlflow_run_id, resumed = runs.open_run(
         tracking_uri, config.tracking.experiment, run_name, config, manifests, config_file
     )
@@ -128,7 +139,12 @@ def _run_training(
 def preflight(
     config: TrainConfig, storage_path: str, tracking_uri: str
 ) -> list[runs.ManifestRecord]:
-    """Check what the config points to; returns the manifests as the run records them."""
+    """Check what the config points to; returns the manifests as the run records them.
+
+    Every shard of every set must be in its folder with the manifest's size (one listing per
+    set, so a deleted or truncated shard stops the run here, not at its first read). A plan
+    that replays each image clip many times gets a one-line warning per image set.
+    """
     try:
         storage.check_storage(storage_path)
     except Exception as err:
@@ -139,21 +155,22 @@ def preflight(
             "(set tracking.uri or MLFLOW_TRACKING_URI)"
         )
     manifests = [manifest_record(url) for url in config.data.manifests]
-    first_epoch = ClipStream(
-        config.data.manifests,
-        weights=config.data.weights,
-        rank=0,
-        world_size=config.compute.num_workers,
-        seed=config.data.seed,
-        max_objects=config.data.max_objects,
-        max_skip=config.max_skip(0),
-    )
+    first_epoch = clip_stream(config, rank=0, world_size=config.compute.num_workers, epoch=0)
+    for url, manifest in zip(config.data.manifests, first_epoch.manifests, strict=True):
+        try:
+            problem = shard_problems(url, manifest)
+        except Exception as err:
+            raise PreflightError(f"data.manifests: {url}: {one_line(err)}") from None
+        if problem:
+            raise PreflightError(f"data.manifests: {url}: {problem}")
     if first_epoch.samples_per_rank() < config.data.batch_size:
         raise PreflightError(
             f"data: {sum(m.clips for m in manifests)} clips give each of "
             f"{config.compute.num_workers} workers {first_epoch.samples_per_rank()} clips, fewer "
             f"than data.batch_size = {config.data.batch_size}"
         )
+    for warning in replay_warnings(config, config.compute.num_workers):
+        console.print(f"[yellow]{escape(warning)}[/yellow]", soft_wrap=True, highlight=False)
     if config.init is not None:
         check_model_exists(config.init.model_uri)
     return manifests
@@ -180,6 +197,43 @@ def check_model_exists(uri: str) -> None:
     model_file = uri if uri.endswith(".pt") else storage.join(uri, model_store.MODEL_FILE)
     if not storage.exists(model_file):
         raise PreflightError(f"init.model_uri = {uri!r}: no model file at {model_file}")
+
+
+def refuse_a_finished_run(config: TrainConfig, run_name: str, run_dir: str) -> None:
+    """A rerun of a run whose newest readable checkpoint is its end: one line, PreflightError.
+
+    More epochs or steps in the config make the same run unfinished: it trains on.
+    """
+    state = newest_train_state(run_dir)
+    if state is None or not run_is_complete(config, state):
+        return
+    if state.epoch >= config.train.epochs:
+        goal = f"all train.epochs = {config.train.epochs}"
+    else:
+        goal = f"train.max_steps = {config.train.max_steps}"
+    raise PreflightError(
+        f"run.name = {run_name!r}: the run finished at step {state.step} ({goal}); give a new "
+        "run.name, or more train.epochs / train.max_steps to train it further"
+    )
+
+
+def newest_train_state(run_dir: str) -> TrainState | None:
+    """The train state in the newest checkpoint folder of `run_dir` that holds a readable one."""
+    fs, path = storage.filesystem(run_dir)
+    fs.invalidate_cache(path)
+    try:
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)]
+    except FileNotFoundError:
+        return None
+    checkpoints = sorted((n for n in names if checkpoint_order(n)), key=checkpoint_order)
+    for name in reversed(checkpoints):
+        try:
+            data = storage.read_bytes(storage.join(run_dir, name, TRAIN_STATE_FILE))
+            saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            return TrainState(**saved["state"])
+        except Exception:  # noqa: BLE001 - unreadable: the training loop skips it too
+            continue
+    return None
 
 
 def one_line(err: BaseException) -> str:
@@ -251,10 +305,10 @@ def build_trainer(
 
 def log_final_model(config: TrainConfig, tracking_uri: str, run_id: str, checkpoint: str) -> str:
     """Log the final checkpoint's model to the run; returns its MLflow model URI."""
-    net = model_store.load_model(checkpoint)
+    model = model_store.load_model(checkpoint)
     with runs.resumed_run(tracking_uri, run_id):
         model_uri = model_store.log_model(
-            net,
+            model,
             metadata={"vos_checkpoint": checkpoint, "vos_stage": config.stage},
         )
         mlflow.set_tag("vos.checkpoint", checkpoint)

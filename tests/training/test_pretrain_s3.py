@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 from core import storage
 from datagen.reader import ClipStream
 from models import VOSNetwork
-from training.driver import run_training
 from tracking import model_store
 from training.config import PretrainConfig
+from training.driver import run_training
 
 
 def loss_history(result) -> list[float]:
@@ -30,7 +30,8 @@ def loss_history(result) -> list[float]:
 def test_every_rank_runs_the_same_steps_on_uneven_shards(s3_pretrain_run, s3_image_shards):
     config, result = s3_pretrain_run
     batch = config.data.batch_size
-    held = [len(list(_rank_keys_capacity(s3_image_shards, rank))) for rank in (0, 1)]
+    stream = ClipStream([s3_image_shards], rank=0, world_size=2, shuffle_buffer=0)
+    held = [stream.samples_held(rank) for rank in (0, 1)]
     assert held == [20, 16], "the fixture must split unevenly over two ranks"
     steps_per_epoch = min(held) // batch
     assert result.metrics["step"] == config.train.epochs * steps_per_epoch
@@ -38,11 +39,6 @@ def test_every_rank_runs_the_same_steps_on_uneven_shards(s3_pretrain_run, s3_ima
         for rank in (0, 1):
             keys = read_keys(config, result, epoch, rank)
             assert len(keys) == steps_per_epoch * batch
-
-
-def _rank_keys_capacity(manifest: str, rank: int):
-    stream = ClipStream([manifest], rank=rank, world_size=2, shuffle_buffer=0)
-    return (sample["key"] for sample in stream.dataset(0))
 
 
 def read_keys(config, result, epoch: int, rank: int) -> list[str]:

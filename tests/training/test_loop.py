@@ -1,0 +1,120 @@
+"""The training step reads nothing back from the device, and the batch's values are checked on
+the CPU before it moves (where the model no longer checks them)."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from models import build_model
+from training.config import PretrainConfig
+from training.loop import check_batch, make_optimizer, to_device, train_step
+
+
+class DeviceReads(TorchDispatchMode):
+    """Records every `aten._local_scalar_dense`: the op behind `.item()`, `bool(tensor)`,
+    `int(tensor)` and `float(tensor)`, which on a GPU waits for the device to finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+        self.cpu_only_depth = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default and not self.cpu_only_depth:
+            self.reads.append("".join(traceback.format_stack(limit=8)[:-1]))
+        return func(*args, **(kwargs or {}))
+
+
+class CpuOnlyChecks(TorchFunctionMode):
+    """`F.one_hot` checks its class values with `.item()` on CPU tensors only; on CUDA it leaves
+    that to scatter's device-side assert (aten/src/ATen/native/Onehot.cpp): no read there."""
+
+    def __init__(self, reads: DeviceReads):
+        super().__init__()
+        self.reads = reads
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not torch.nn.functional.one_hot:
+            return func(*args, **(kwargs or {}))
+        self.reads.cpu_only_depth += 1
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            self.reads.cpu_only_depth -= 1
+
+
+def clip_batch(batch_size: int = 2, size: int = 64) -> dict:
+    """A batch as the DataLoader gives it: 3-frame clips, 2 objects each."""
+    labels = torch.randint(0, 3, (batch_size, 3, size, size))
+    return {
+        "frames": torch.rand(batch_size, 3, 3, size, size),
+        "labels": labels,
+        "num_objects": torch.full((batch_size,), 2),
+        "key": [f"clip-{index}" for index in range(batch_size)],
+    }
+
+
+@pytest.mark.parametrize("name", ["gc", "gvos_scm", "stm"])
+def test_a_training_step_reads_nothing_back_from_the_device(name, make_tiny_config):
+    config = make_tiny_config(PretrainConfig, "pretrain_tiny.yaml", f"model.name={name}")
+    torch.manual_seed(0)
+    model = build_model(name, size="tiny").train()
+    optimizer = make_optimizer(config, model)
+    batch = clip_batch()
+    num_objects = check_batch(batch)
+    frames, labels = to_device(batch, torch.device("cpu"))
+
+    reads = DeviceReads()
+    with reads, CpuOnlyChecks(reads):
+        for _ in range(2):  # the first step also creates Adam's state
+            loss = train_step(
+                model, model, optimizer, frames, labels, num_objects, grad_clip_norm=1.0
+            )
+    assert reads.reads == [], f"{len(reads.reads)} reads, the first from:\n{reads.reads[0]}"
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+
+
+def with_clip_1(name: str, change) -> dict:
+    batch = clip_batch()
+    batch[name][1] = change(batch[name][1])
+    return batch
+
+
+BAD_BATCHES = {
+    "0..255 frames": (
+        with_clip_1("frames", lambda frames: frames * 255),
+        r"clip clip-1: frames must be finite and in \[0, 1\], got values in \[[\d.]+, 25\d\]",
+    ),
+    "NaN frames": (
+        with_clip_1("frames", lambda frames: frames.masked_fill(frames > 0.5, float("nan"))),
+        r"clip clip-1: frames must be finite and in \[0, 1\], got values in \[nan",
+    ),
+    "id above num_objects": (
+        with_clip_1("labels", lambda labels: labels * 2),
+        r"clip clip-1: labels must be in 0..2 \(num_objects\), got values in 0..4",
+    ),
+    "negative id": (
+        with_clip_1("labels", lambda labels: labels - 1),
+        r"clip clip-1: labels must be in 0..2 \(num_objects\), got values in -1..1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+def test_a_bad_batch_is_named_in_one_line_before_it_moves(case):
+    batch, message = BAD_BATCHES[case]
+    with pytest.raises(ValueError, match=message) as error:
+        check_batch(batch)
+    assert "\n" not in str(error.value)
+
+
+def test_a_good_batch_gives_its_object_count():
+    batch = clip_batch()
+    batch["num_objects"][0] = 1
+    batch["labels"][0] = batch["labels"][0].clamp(max=1)
+    assert check_batch(batch) == 2
