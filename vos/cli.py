@@ -40,7 +40,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-
 def stack_root() -> Path:
     return Path(os.environ.get("VOS_STACK_ROOT", DEFAULT_ROOT))
 

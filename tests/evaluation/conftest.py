@@ -37,10 +37,11 @@ def tiny_model_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def logged_run(mlflow_server) -> str:
     """A run shaped like a training run: config params and artifact, commit and manifest tags,
-    and a tiny untrained model logged with tracking.model_store.log_model."""
+    and a tiny untrained model logged with tracking.model_store.log_model. One per test module:
+    an evaluation records its scores on the training run, which a later module must not see."""
     import mlflow
 
     from models import build_model
