@@ -1,22 +1,26 @@
-"""Does the pipeline learn? The tiny model, trained end to end, against copying the first mask.
+"""Do the models learn the task? Tiny `gc` and `gvos_scm` trained on real data, on 2 CPU cores.
 
-    python benchmarks/learning.py                                  # DAVIS sample, 64p, CPU
-    python benchmarks/learning.py --davis /data/davis2017-val --resolution 120p --pretrain-epochs 8
+    python benchmarks/learning.py                       # both models, about 45 minutes
+    python benchmarks/learning.py --models gc --json benchmarks/out/learning.json
 
-Through the real stages, on a Ray started here (or RAY_ADDRESS) and an MLflow store under the
-output folder (or MLFLOW_TRACKING_URI):
+The tiny CPU recipe, through the real stages, on a Ray started here (or RAY_ADDRESS) and an
+MLflow store under the work folder (or MLFLOW_TRACKING_URI):
 
-1. `pipelines/generate.py`: procedural image clips (configs/generate_demo.yaml) and procedural
-   video clips (configs/generate_demo_videos.yaml);
-2. `pipelines/pretrain.py` on the image clips (configs/pretrain_tiny.yaml), then
-   `pipelines/finetune.py` from that checkpoint on the video clips (configs/finetune_tiny.yaml);
-3. `pipelines/evaluate.py`, for the pretrained and for the fine-tuned model, on held-out
-   procedural videos (other seeds; 160x120, the training domain) and on every DAVIS sequence
-   at a reduced input size (the masks are scored at full size).
+1. generate (one set each, shared by both models): synthetic clips from real images with
+   several objects (`coco128-masks`, and frames of `davis2016-train` used as still images),
+   procedural scenes with look-alike objects, and windows of the `davis2016-train` videos;
+2. pretrain each model on the three image sets, then fine-tune it on the video windows (a
+   fresh 3-frame clip from every window each epoch, gaps growing with the curriculum);
+3. evaluate on `davis2016-sample` at 480p with the DAVIS protocol (every frame but the first
+   and the last), at the model's own training size, beside copying the first mask;
+4. check that each model follows the object it is given (`evaluation.mask_dependence`): on
+   held-out procedural videos with two look-alike objects, object A's mask must give A and
+   B's mask B; and on DAVIS, moving the first mask sideways must move the prediction.
 
-The baseline predicts the first frame's mask on every frame (what a model that learned
-nothing about motion would do at best). Prints a table and writes JSON (default
-benchmarks/out/learning-<time>.json).
+Nothing is tuned on the evaluation sequences: they are read only in step 3 and 4. Prints a
+table and writes JSON with the figures, per-sequence scores, training times, the distinct
+clips each run saw, and `"models": {name: URI}` with `"tracking_uri"`, so that anyone can
+segment other videos with the trained models (`vos segment --model URI ...`).
 """
 
 from __future__ import annotations
@@ -29,193 +33,241 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
+from core import cluster
+from core.cli import console
 from core.config import load_config
 from core.masks import read_mask
 from datagen import generate
-from datagen.procedural import write_procedural_videos
 from evaluation.folders import sequence_names
+from evaluation.mask_dependence import follows_given_object, prediction_moves_with_mask
 from evaluation.metrics import score_sequence, summarize
 from evaluation.runner import EvaluateConfig
 from registry import scores
+from tracking.model_store import load_model
 from training.config import FinetuneConfig, PretrainConfig
-from training.driver import run_training
+from training.driver import TrainingResult, run_training
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DAVIS = os.environ.get(
-    "VOS_TEST_DAVIS", str(REPO.parent / "shared" / "data" / "davis2016-sample")
-)
-console = Console()
+SHARED = Path(os.environ.get("VOS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--davis", default=DEFAULT_DAVIS, help="DAVIS root to evaluate on")
-    parser.add_argument(
-        "--resolution", default="64p", help="model input size (original, <N>p, scale)"
-    )
-    parser.add_argument("--pretrain-epochs", type=int, default=4)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--images", type=int, default=200, help="procedural images to pretrain on")
-    parser.add_argument("--videos", type=int, default=24, help="procedural videos to fine-tune on")
-    parser.add_argument("--held-out", type=int, default=8, help="held-out procedural videos")
+    parser.add_argument("--models", nargs="+", default=["gc", "gvos_scm"])
+    parser.add_argument("--data", default=str(SHARED), help="the shared data folder")
+    parser.add_argument("--size", type=int, default=96, help="clip size (px) of training")
+    parser.add_argument("--clips-per-image", type=int, default=24, help="COCO clips per image")
+    parser.add_argument("--lookalikes", type=int, default=1500, help="procedural look-alike scenes")
+    parser.add_argument("--pretrain-steps", type=int, default=700)
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    parser.add_argument(
-        "--out", default=str(REPO / "benchmarks" / "out" / "learning"), help="work folder"
-    )
-    parser.add_argument(
-        "--checkpoints",
-        nargs=2,
-        metavar=("PRETRAINED", "FINETUNED"),
-        help="evaluate these checkpoints of an earlier run instead of training",
-    )
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "learning"))
     parser.add_argument("--json", default=None, help="output JSON path")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [
+        name
+        for name in ("coco128-masks", "davis2016-train", "davis2016-sample")
+        if not (Path(args.data) / name).is_dir()
+    ]
+    if missing:
+        parser.error(f"{args.data} lacks {', '.join(missing)} (see ../shared/data/README.md)")
+    return args
 
 
-def first_mask_baseline(data: str) -> dict:
-    """J&F of predicting the first frame's mask on every frame."""
-    scores = []
-    for name in sequence_names(data):
-        folder = Path(data) / "Annotations" / "480p" / name
-        truth = [read_mask(path) for path in sorted(folder.glob("*.png"))]
-        scores.append(score_sequence(name, truth, [truth[0]] * len(truth)))
-    return summarize(scores)
+# -- 1. the training data ---------------------------------------------------------------------
 
 
-def held_out_videos(out: Path, count: int) -> str:
-    """Procedural videos the models never saw (other seeds), in the DAVIS layout."""
-    return str(write_procedural_videos(out / "held-out-videos", count, 16, seed=99, num_objects=2))
+def shard_sets(args: argparse.Namespace, out: Path) -> dict[str, str]:
+    """Generate the four sets; returns their manifest URLs by name."""
+    data, size = Path(args.data), args.size
+    image_clips = [f"clips.size={size}", "clips.clips_per_shard=64"]
+    sets = {
+        "coco": ("generate_images.yaml", [
+            "source.kind=images", f"source.path={data / 'coco128-masks'}",
+            "source.image_dir=images", "source.mask_dir=masks",
+            f"clips.clips_per_source={args.clips_per_image}", *image_clips,
+        ]),
+        "davis-frames": ("generate_images.yaml", [
+            "source.kind=images", f"source.path={data / 'davis2016-train'}",
+            "source.image_dir=JPEGImages/240p", "source.mask_dir=Annotations/240p",
+            f"clips.clips_per_source={max(1, args.clips_per_image // 12)}", *image_clips,
+        ]),
+        "look-alikes": ("generate_demo.yaml", [
+            f"source.procedural.count={args.lookalikes}", "source.procedural.num_objects=3",
+            "source.procedural.width=160", "source.procedural.height=120",
+            *image_clips,
+        ]),
+        "davis-videos": ("generate_videos.yaml", [
+            "source.kind=davis", f"source.path={data / 'davis2016-train'}",
+            "source.resolution=240p", f"clips.size={size}", "clips.max_skip=10",
+            "clips.clips_per_shard=16",
+        ]),
+    }  # fmt: skip
+    manifests = {}
+    for name, (config_file, overrides) in sets.items():
+        config = load_config(
+            generate.GenerateConfig,
+            REPO / "configs" / config_file,
+            [*overrides, f"output.url={out / 'shards' / name}", "output.split=null"],
+        )
+        manifests[name] = generate.run(config)["manifest"]
+    return manifests
 
 
-def train(args: argparse.Namespace, out: Path, tracking: list[str]) -> tuple[str, str, dict]:
-    """Generate both shard sets, pretrain, fine-tune; returns the two checkpoints and timings."""
-    import ray
+# -- 2. training ---------------------------------------------------------------------------------
 
-    if not ray.is_initialized():  # RAY_ADDRESS's cluster, else a new one (never a stray one)
-        address = os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False}
-        ray.init(address=address or "local", logging_level="WARNING", **local)
-    timings = {}
-    started = time.monotonic()
-    for config_file, count, name in (
-        ("configs/generate_demo.yaml", args.images, "pretrain"),
-        ("configs/generate_demo_videos.yaml", args.videos, "finetune"),
-    ):
-        overrides = [f"source.procedural.count={count}", f"output.url={out / 'shards' / name}"]
-        generate.run(load_config(generate.GenerateConfig, REPO / config_file, overrides))
-    timings["generate_s"] = time.monotonic() - started
 
-    common = [f"run.storage_path={out / 'runs'}", f"compute.num_workers={args.workers}", *tracking]
-    started = time.monotonic()
+def train(
+    model: str, args: argparse.Namespace, manifests: dict[str, str], out: Path, tracking: list
+) -> tuple[TrainingResult, TrainingResult]:
+    """Pretrain on the image sets, then fine-tune on the video windows."""
+    common = [
+        f"model.name={model}",
+        f"run.storage_path={out / 'runs'}",
+        f"compute.num_workers={args.workers}",
+        "data.loader_workers=1",
+        *tracking,
+    ]
+    images = [manifests["coco"], manifests["davis-frames"], manifests["look-alikes"]]
     pretrained = run_training(
         load_config(
             PretrainConfig,
             REPO / "configs" / "pretrain_tiny.yaml",
             [
                 *common,
-                f"data.manifests=[{out / 'shards' / 'pretrain' / 'manifest.json'}]",
-                f"train.epochs={args.pretrain_epochs}",
+                f"run.name=learning-{model}-pretrain-{out.name}",
+                f"data.manifests=[{','.join(images)}]",
+                "data.weights=[1.0,1.0,1.0]",
+                "train.epochs=1000",
+                f"train.max_steps={args.pretrain_steps}",
             ],
         )
     )
-    timings["pretrain_s"] = time.monotonic() - started
-    started = time.monotonic()
     finetuned = run_training(
         load_config(
             FinetuneConfig,
             REPO / "configs" / "finetune_tiny.yaml",
             [
                 *common,
+                f"run.name=learning-{model}-finetune-{out.name}",
                 f"init.model_uri={pretrained.checkpoint}",
-                f"data.manifests=[{out / 'shards' / 'finetune' / 'manifest.json'}]",
-                f"train.epochs={args.finetune_epochs}",
+                f"data.manifests=[{manifests['davis-videos']}]",
+                "train.epochs=1000",
+                f"train.max_steps={args.finetune_steps}",
             ],
         )
     )
-    timings["finetune_s"] = time.monotonic() - started
-    timings["pretrain_loss"] = pretrained.metrics.get("loss")
-    timings["finetune_loss"] = finetuned.metrics.get("loss")
-    return pretrained.checkpoint, finetuned.checkpoint, timings
+    return pretrained, finetuned
 
 
-def evaluate_model(model: str, data: str, resolution: str, out: Path, tracking_uri: str) -> dict:
+# -- 3. evaluation --------------------------------------------------------------------------------
+
+
+def copy_first_mask(davis: str) -> dict:
+    """J&F of predicting the first frame's mask on every frame."""
+    per_sequence = []
+    for name in sequence_names(davis):
+        folder = Path(davis) / "Annotations" / "480p" / name
+        truth = [read_mask(path) for path in sorted(folder.glob("*.png"))]
+        per_sequence.append(score_sequence(name, truth, [truth[0]] * len(truth)))
+    return summarize(per_sequence)
+
+
+def evaluate(model_uri: str, davis: str, out: Path, tracking_uri: str) -> dict:
     config = EvaluateConfig(
-        model=model,
-        data=data,
-        resolution=resolution,
+        model=model_uri,
+        data=davis,
+        resolution="model",
         device="cpu",
-        threads=1,  # one torch thread: steadier on a small shared CPU machine
         out=str(out),
         tracking={"uri": tracking_uri, "experiment": "vos-benchmark-learning"},
     )
     return scores.run(config)
 
 
-def print_table(results: dict[str, dict[str, dict]]) -> None:
-    """One row per evaluation set and predictor: J, F and J&F."""
-    table = Table(title="Tiny gc trained through the pipelines vs copying the first mask")
-    for column in ("evaluation set", "predictor", "J", "F", "J&F"):
-        table.add_column(column, justify="right" if column in ("J", "F", "J&F") else "left")
-    for data_set, reports in results.items():
-        for predictor, report in reports.items():
-            figures = (f"{report[key]:.3f}" for key in ("J_mean", "F_mean", "JF_mean"))
-            table.add_row(data_set, predictor, *figures)
-        table.add_section()
+# -- the report -----------------------------------------------------------------------------------
+
+
+def print_table(baseline: dict, results: dict[str, dict]) -> None:
+    table = Table(title="DAVIS 2016 sample (480p): tiny models trained on 2 CPU cores")
+    for column in ("predictor", "J&F", "J", "F", "follows A / B", "mask shift moves it"):
+        table.add_column(column)
+    table.add_row(
+        "copy the first mask",
+        *(f"{baseline[k]:.3f}" for k in ("JF_mean", "J_mean", "F_mean")),
+        "-",
+        "-",
+    )
+    for model, result in results.items():
+        davis, check = result["davis"], result["mask_dependence"]
+        table.add_row(
+            f"tiny {model}",
+            *(f"{davis[k]:.3f}" for k in ("JF_mean", "J_mean", "F_mean")),
+            f"J {check['J_A']:.2f} / {check['J_B']:.2f} ({'pass' if check['passed'] else 'FAIL'})",
+            f"IoU {result['mask_shift']['iou']:.2f} ({'yes' if result['mask_shift']['moved'] else 'NO'})",
+        )  # fmt: skip
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = time.monotonic()
     out = Path(args.out).resolve() / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
     tracking = [f"tracking.uri={tracking_uri}", "tracking.experiment=vos-benchmark-learning"]
+    davis = str(Path(args.data) / "davis2016-sample")
+    cluster.connect(num_cpus=os.cpu_count())
 
-    if args.checkpoints:
-        (pretrained, finetuned), timings = args.checkpoints, {}
-    else:
-        pretrained, finetuned, timings = train(args, out, tracking)
-    data_sets = {
-        "procedural (held out)": (held_out_videos(out, args.held_out), "original"),
-        f"DAVIS ({args.resolution})": (args.davis, args.resolution),
-    }
-    results: dict[str, dict[str, dict]] = {}
-    for index, (data_set, (data, resolution)) in enumerate(data_sets.items()):
-        results[data_set] = {"copy first mask": first_mask_baseline(data)}
-        for label, checkpoint in (("pretrained", pretrained), ("fine-tuned", finetuned)):
-            work = out / f"eval-{index}-{label}"
-            results[data_set][label] = evaluate_model(
-                checkpoint, data, resolution, work, tracking_uri
-            )
-    print_table(results)
+    manifests = shard_sets(args, out)
+    timings = {"generate_s": round(time.monotonic() - started, 1)}
+    results = {}
+    for model in args.models:
+        pretrained, finetuned = train(model, args, manifests, out, tracking)
+        net = load_model(finetuned.checkpoint)
+        results[model] = {
+            "model_uri": finetuned.model_uri,
+            "pretrain_s": round(pretrained.seconds, 1),
+            "finetune_s": round(finetuned.seconds, 1),
+            "distinct_clips": {
+                "pretrain": pretrained.metrics.get("distinct_clips"),
+                "finetune": finetuned.metrics.get("distinct_clips"),
+            },
+            "davis": evaluate(finetuned.model_uri, davis, out / f"eval-{model}", tracking_uri),
+            "mask_dependence": follows_given_object(net),
+            "mask_shift": prediction_moves_with_mask(net, davis),
+        }
+    baseline = copy_first_mask(davis)
+    print_table(baseline, results)
 
     arguments = argv if argv is not None else sys.argv[1:]
-    result = {
+    report = {
         "benchmark": "learning",
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "benchmarks/learning.py", *arguments]),
         "settings": {key: value for key, value in vars(args).items() if key not in ("json", "out")},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "minutes": round((time.monotonic() - started) / 60, 1),
         "timings": timings,
+        "copy_first_mask": {key: baseline[key] for key in ("J_mean", "F_mean", "JF_mean")},
         "results": {
-            data_set: {
-                predictor: {
-                    key: report.get(key)
+            model: {
+                **{key: value for key, value in result.items() if key != "davis"},
+                "davis": {
+                    key: result["davis"].get(key)
                     for key in ("J_mean", "F_mean", "JF_mean", "fps", "status", "sequences")
-                }
-                for predictor, report in reports.items()
+                },
             }
-            for data_set, reports in results.items()
+            for model, result in results.items()
         },
+        "models": {model: result["model_uri"] for model, result in results.items()},
+        "tracking_uri": tracking_uri,
     }
-    path = Path(
-        args.json or REPO / "benchmarks" / "out" / f"learning-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
+    path = Path(args.json or out / "learning.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     console.print(f"written {path}; work folder {out}", highlight=False)
     return 0
 

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from core.cli import one_line
+
 __all__ = [
     "StorageError",
     "check_storage",
@@ -172,7 +174,7 @@ def check_storage(url: str, *, write: bool = True) -> None:
         fs, path = filesystem(url)
         fs.exists(path)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line
-        raise StorageError(f"storage {url}: cannot be reached: {_one_line(err)}") from None
+        raise StorageError(f"storage {url}: cannot be reached: {one_line(err)}") from None
 
 
 def _check_local(path: str, write: bool) -> None:
@@ -239,18 +241,13 @@ def _check_s3(url: str, write: bool) -> None:
             "config or credentials file"
         ) from None
     except (boto_errors.CredentialRetrievalError, boto_errors.TokenRetrievalError) as err:
-        raise StorageError(f"{where}: cannot get AWS credentials: {_one_line(err)}") from None
+        raise StorageError(f"{where}: cannot get AWS credentials: {one_line(err)}") from None
     except boto_errors.ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket", "NotFound"):
             raise StorageError(f"{where}: bucket {bucket!r} does not exist") from None
         if code in _REJECTED_CODES:
             raise StorageError(f"{where}: access denied ({code}); check the credentials") from None
-        raise StorageError(f"{where}: {code or _one_line(err)}") from None
+        raise StorageError(f"{where}: {code or one_line(err)}") from None
     except boto_errors.BotoCoreError as err:
-        raise StorageError(f"{where}: cannot be reached: {_one_line(err)}") from None
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+        raise StorageError(f"{where}: cannot be reached: {one_line(err)}") from None

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -37,15 +36,13 @@ from ray.train import (
     FailureConfig,
     RunConfig,
     ScalingConfig,
-    TrainingFailedError,
 )
 from ray.train.torch import TorchConfig, TorchTrainer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from core import storage
-from core.config import ConfigError, load_config
+from core.cli import console, one_line
 from datagen.manifest import manifest_url, read_manifest
 from tracking import model_store, runs
 from training.config import TrainConfig
@@ -58,14 +55,11 @@ from training.loop import (
     train_loop_per_worker,
 )
 
-__all__ = ["PreflightError", "TrainingResult", "build_trainer", "main_for", "run_training"]
+__all__ = ["PreflightError", "TrainingResult", "build_trainer", "run_training"]
 
 # Where storage endpoints are configured: passed on to the workers so that they see the same
 # object store as the driver. Credentials are not passed: workers use the standard AWS chain.
 FORWARDED_ENV = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"]
-
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)  # one problem, one line: never wrapped
 
 
 class PreflightError(ValueError):
@@ -107,7 +101,7 @@ def _run_training(
     )
     console.print(
         f"[bold]{config.stage}[/bold] run [bold]{run_name}[/bold] "
-        f"({'resuming' if resumed else 'new'}), MLflow run {mlflow_run_id} at {tracking_uri}"
+        f"({'resuming' if resumed else 'new'}), MLflow run {mlflow_run_id} at {runs.mask_credentials(tracking_uri)}"
     )
     connect_ray(config.cluster.address)
     warn_if_cluster_is_short(config)
@@ -151,7 +145,7 @@ def preflight(
         raise PreflightError(f"run.storage_path = {storage_path!r}: {one_line(err)}") from None
     if not runs.server_reachable(tracking_uri):
         raise PreflightError(
-            f"tracking.uri: the MLflow server at {tracking_uri} does not answer "
+            f"tracking.uri: the MLflow server at {runs.mask_credentials(tracking_uri)} does not answer "
             "(set tracking.uri or MLFLOW_TRACKING_URI)"
         )
     manifests = [manifest_record(url) for url in config.data.manifests]
@@ -183,7 +177,11 @@ def manifest_record(url: str) -> runs.ManifestRecord:
     except Exception as err:
         raise PreflightError(f"data.manifests: {url}: {one_line(err)}") from None
     return runs.ManifestRecord(
-        url=url, sha256=hashlib.sha256(raw).hexdigest(), clips=int(manifest["total_samples"])
+        url=url,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        clips=int(manifest["total_samples"]),
+        kind=manifest.get("kind"),
+        generator=manifest.get("config"),
     )
 
 
@@ -234,11 +232,6 @@ def newest_train_state(run_dir: str) -> TrainState | None:
         except Exception:  # noqa: BLE001 - unreadable: the training loop skips it too
             continue
     return None
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
 
 
 # -- Ray ----------------------------------------------------------------------------------------
@@ -320,7 +313,9 @@ def print_summary(outcome: TrainingResult) -> None:
     table = Table(title=f"training run {outcome.run_name}", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("MLflow run", f"{outcome.mlflow_run_id} ({outcome.tracking_uri})")
+    table.add_row(
+        "MLflow run", f"{outcome.mlflow_run_id} ({runs.mask_credentials(outcome.tracking_uri)})"
+    )
     table.add_row("model", outcome.model_uri)
     table.add_row("checkpoint", outcome.checkpoint)
     for key in ("step", "epoch", "loss", "start_step"):
@@ -330,28 +325,3 @@ def print_summary(outcome: TrainingResult) -> None:
             )
     table.add_row("time", f"{outcome.seconds:.0f} s")
     console.print(table)
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def main_for(schema: type[TrainConfig], argv: list[str] | None, description: str) -> int:
-    """`main(argv)` of pretrain.py and finetune.py: --config FILE plus key=value overrides."""
-    parser = argparse.ArgumentParser(
-        prog=schema.model_fields["stage"].default,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", required=True, help="YAML config file")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. run.name=my-run")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(schema, args.config, args.overrides)
-        run_training(config, config_file=args.config)
-    except (ConfigError, PreflightError) as err:
-        errors.print(f"[red]{escape(str(err))}[/red]", highlight=False)
-        return 2
-    except TrainingFailedError as err:  # the workers' tracebacks are in the log above
-        errors.print(f"[red]training failed: {escape(one_line(err)[:2000])}[/red]", highlight=False)
-        return 1
-    return 0
