@@ -35,7 +35,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from core import cluster
 from core.cli import console
 from core.config import load_config
 from core.masks import read_mask
@@ -219,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
     tracking = [f"tracking.uri={tracking_uri}", "tracking.experiment=vos-benchmark-learning"]
     davis = str(Path(args.data) / "davis2016-sample")
-    cluster.connect(num_cpus=os.cpu_count())
 
     manifests = shard_sets(args, out)
     timings = {"generate_s": round(time.monotonic() - started, 1)}

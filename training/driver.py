@@ -41,7 +41,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from rich.markup import escape
 from rich.table import Table
 
-from core import storage
+from core import cluster, storage
 from core.cli import console, one_line
 from datagen.manifest import manifest_url, read_manifest
 from tracking import model_store, runs
@@ -56,10 +56,6 @@ from training.loop import (
 )
 
 __all__ = ["PreflightError", "TrainingResult", "build_trainer", "run_training"]
-
-# Where storage endpoints are configured: passed on to the workers so that they see the same
-# object store as the driver. Credentials are not passed: workers use the standard AWS chain.
-FORWARDED_ENV = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"]
 
 
 class PreflightError(ValueError):
@@ -268,7 +264,6 @@ def build_trainer(
     mlflow_run_id: str,
 ) -> TorchTrainer:
     compute = config.compute
-    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -288,7 +283,7 @@ def build_trainer(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
-            worker_runtime_env={"env_vars": forwarded} if forwarded else None,
+            worker_runtime_env=cluster.runtime_env(),
         ),
     )
 

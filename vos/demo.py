@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from rich.panel import Panel
 from rich.table import Table
 
-from core import storage
+from core import cluster, storage
 from core.cli import console
 from core.config import load_config
 from datagen import generate
@@ -115,12 +115,7 @@ def submit(stage: str, config_file: str, overrides: list[str]) -> None:
     """`ray job submit --working-dir . -- python pipelines/<stage>.py ...`, as a user types it,
     with the commit of this checkout (VOS_GIT_COMMIT, VOS_GIT_DIRTY): the upload has no .git."""
     console.rule(f"ray job submit: {stage}")
-    env_vars = {
-        key: os.environ[key]
-        for key in ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL")
-        if key in os.environ
-    }
-    env_vars.update(runs.git_env())
+    env_vars = {**cluster.forwarded_env(), **runs.git_env()}
     command = [
         str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", ".",
         "--runtime-env-json", json.dumps({"env_vars": env_vars}),
