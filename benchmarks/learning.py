@@ -37,11 +37,10 @@ from rich.table import Table
 
 from core.cli import console
 from core.config import load_config
-from core.masks import read_mask
 from datagen import generate
-from evaluation.folders import sequence_names
+from evaluation.folders import copy_first_mask
 from evaluation.mask_dependence import follows_given_object, prediction_moves_with_mask
-from evaluation.metrics import score_sequence, summarize
+from evaluation.metrics import summarize
 from evaluation.runner import EvaluateConfig
 from registry import scores
 from tracking.model_store import load_model
@@ -164,16 +163,6 @@ def train(
 # -- 3. evaluation --------------------------------------------------------------------------------
 
 
-def copy_first_mask(davis: str) -> dict:
-    """J&F of predicting the first frame's mask on every frame."""
-    per_sequence = []
-    for name in sequence_names(davis):
-        folder = Path(davis) / "Annotations" / "480p" / name
-        truth = [read_mask(path) for path in sorted(folder.glob("*.png"))]
-        per_sequence.append(score_sequence(name, truth, [truth[0]] * len(truth)))
-    return summarize(per_sequence)
-
-
 def evaluate(model_uri: str, davis: str, out: Path, tracking_uri: str) -> dict:
     config = EvaluateConfig(
         model=model_uri,
@@ -237,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             "mask_dependence": follows_given_object(net),
             "mask_shift": prediction_moves_with_mask(net, davis),
         }
-    baseline = copy_first_mask(davis)
+    baseline = summarize(copy_first_mask(davis))
     print_table(baseline, results)
 
     arguments = argv if argv is not None else sys.argv[1:]

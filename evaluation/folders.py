@@ -11,7 +11,7 @@ from rich.progress import track
 
 from core.cli import console
 from core.masks import read_mask
-from evaluation.metrics import SequenceScore, SequenceScorer
+from evaluation.metrics import SequenceScore, SequenceScorer, score_sequence
 
 
 class DavisLayoutError(ValueError):
@@ -105,3 +105,16 @@ def score_folders(
         score_folder(name, truth_root / name, prediction_root / name)
         for name in track(names, description="scoring sequences", console=console, transient=True)
     ]
+
+
+def copy_first_mask(
+    davis_root: str | Path, sequences: Sequence[str] | None = None, resolution: str = "480p"
+) -> list[SequenceScore]:
+    """The baseline every model must beat: the first frame's mask predicted on every frame,
+    scored like a model's predictions."""
+    truth_root = annotation_folder(davis_root, resolution)
+    scores = []
+    for name in sequence_names(davis_root, sequences, resolution):
+        masks = [read_mask(path) for path in sorted((truth_root / name).glob("*.png"))]
+        scores.append(score_sequence(name, masks, [masks[0]] * len(masks)))
+    return scores

@@ -33,6 +33,7 @@ from core.config import load_config
 from datagen import generate
 from datagen.procedural import write_procedural_images, write_procedural_videos
 from evaluation import segment
+from evaluation.folders import copy_first_mask
 from evaluation.runner import EvaluateConfig, EvaluationSettings
 from registry import promotion, scores, versions
 from tracking import runs
@@ -202,21 +203,28 @@ def segment_one(model_uri: str, eval_set: Path, workdir: Path) -> segment.Segmen
 
 
 def print_summary(
-    decision, report: dict | None, davis_report: dict | None, segmented, name: str
+    decision, report: dict | None, davis_report: dict | None, segmented, name: str, sets: dict
 ) -> None:
+    """The J&F table, each sequence beside the copy-first-mask baseline, then where to look."""
     table = Table(
-        title="J&F (procedural evaluation set)" + (" and DAVIS sample" if davis_report else "")
+        title="J&F of the model, and of copying the first mask to every frame "
+        "(procedural evaluation set" + (" and DAVIS sample)" if davis_report else ")")
     )
-    for column in ("set", "sequence", "J", "F", "J&F"):
+    for column in ("set", "sequence", "J", "F", "J&F", "copy first mask J&F"):
         table.add_column(column)
     for label, data in (("procedural", report), ("davis", davis_report)):
         if not data:
             continue
+        baseline = {
+            score.name: score.jf_mean
+            for score in copy_first_mask(sets[label], list(data["sequences"]))
+        }
         for sequence, row in data["sequences"].items():
             table.add_row(label, sequence, f"{row['J']:.3f}", f"{row['F']:.3f}",
-                          f"{(row['J'] + row['F']) / 2:.3f}")  # fmt: skip
+                          f"{(row['J'] + row['F']) / 2:.3f}", f"{baseline[sequence]:.3f}")  # fmt: skip
+        mean_baseline = sum(baseline.values()) / len(baseline)
         table.add_row(label, "[bold]mean[/bold]", f"{data['J_mean']:.3f}", f"{data['F_mean']:.3f}",
-                      f"[bold]{data['JF_mean']:.3f}[/bold]")  # fmt: skip
+                      f"[bold]{data['JF_mean']:.3f}[/bold]", f"{mean_baseline:.3f}")  # fmt: skip
     console.print(table)
     lines = [
         f"MLflow UI:         {mlflow.get_tracking_uri()}",
@@ -245,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         f"models:/{name}/{decision.version}", Path(args.davis), workdir, args.quick
     )
     segmented = segment_one(f"models:/{name}@champion", paths["eval"], workdir)
-    print_summary(decision, report, davis_report, segmented, name)
+    sets = {"procedural": paths["eval"], "davis": Path(args.davis)}
+    print_summary(decision, report, davis_report, segmented, name, sets)
     console.print(f"demo finished in {time.monotonic() - started:.0f} s")
     return 0
 
