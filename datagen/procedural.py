@@ -13,6 +13,9 @@ machine. A `SceneStyle` (or its name in `STYLES`) says how hard a scene is:
                  in videos objects whose paths cross in a random depth order (the occluded
                  parts of an object are not in its mask).
 
+A style can also keep a video's objects apart (`lanes`: each object bounces inside its own
+vertical strip), for tests that need look-alikes which never touch.
+
 The label map holds every object (ids 1..N, palette-encodable), so any of them can be the
 target: a model given object i's first mask must follow object i.
 
@@ -59,7 +62,7 @@ class SceneStyle:
     saturated_background: float = 0.0  # the background gets a saturated colour
     textures: tuple[str, ...] = ("stripes",)  # texture kinds objects draw from
     crossing: float = 0.0  # videos: the objects' paths cross in the middle of the video
-    lanes: bool = False  # videos: each object keeps to its own vertical strip (never meet)
+    lanes: bool = False  # videos: each object in its own vertical strip, so they never touch
     random_depth: bool = False  # videos: random depth order (else a higher id is in front)
     object_radius: tuple[float, float] | None = None  # fraction of the short side; None: classic
     speed: float = 0.03  # videos: largest speed per axis, fraction of the short side per frame
@@ -68,6 +71,8 @@ class SceneStyle:
         unknown = set(self.textures) - set(TEXTURES)
         if not self.textures or unknown:
             raise ValueError(f"textures must be some of {TEXTURES}, got {self.textures!r}")
+        if self.lanes and self.crossing > 0:
+            raise ValueError("lanes keep objects apart, crossing brings them together: pick one")
 
 
 STYLES = {
@@ -298,12 +303,17 @@ def _classic_paths(rng, count, num_frames, width, height, speed, late_object) ->
 
 
 def _keep_apart(paths: _Paths, shapes: list[_Shape], rng, width: int) -> None:
-    """Give each object its own vertical strip, in random order, that its outline fits in."""
+    """Give each object its own vertical strip, in random order, with a pixel to spare on
+    each side; a shape too wide for its strip is scaled down to fit."""
     lane_width = width / len(shapes)
     paths.lanes = [(0.0, 0.0)] * len(shapes)
     for lane, index in enumerate(rng.permutation(len(shapes))):
-        margin = min(shapes[index].extent(wobble=0.5), lane_width / 2)
-        low, high = lane * lane_width + margin, (lane + 1) * lane_width - margin
+        shape, room = shapes[index], lane_width / 2 - 1
+        if shape.extent(wobble=0.5) > room:
+            shape.radius *= room / shape.extent(wobble=0.5)
+        margin = shape.extent(wobble=0.5) + 1
+        low = lane * lane_width + margin
+        high = max(low, (lane + 1) * lane_width - margin)  # equal when the shape just fits
         paths.lanes[index] = (low, high)
         paths.starts[index][0] = rng.uniform(low, high)
 

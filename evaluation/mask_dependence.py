@@ -25,8 +25,9 @@ from core.masks import list_frames, read_frame, read_mask
 from datagen.procedural import SceneStyle, render_video
 from models import VideoSegmenter
 
-# Two look-alikes that stay apart: a model needs the mask to know which one is meant.
-LOOKALIKES = SceneStyle(lookalike=1.0, textures=("stripes",), crossing=0.0)
+# Two look-alikes, each in its own lane of the frame: a model needs the mask to know which
+# one is meant (tests/learning/test_follows_given_mask.py trains on the same scenes).
+LOOKALIKES = SceneStyle(lookalike=1.0, object_radius=(0.16, 0.22), lanes=True)
 
 
 @dataclass(frozen=True)

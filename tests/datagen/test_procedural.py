@@ -2,8 +2,9 @@
 
 Checked here: scenes are a pure function of the seed; every object is in the label map
 with its id (and survives palette encoding); look-alikes are close in colour yet distinct;
-crossing objects occlude each other; and saturation no longer tells object from background
-(while in the classic style it does, which is why a mask-blind model did well there).
+crossing objects occlude each other, objects in lanes never touch; and saturation no longer
+tells object from background (while in the classic style it does, which is why a mask-blind
+model did well there).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def test_the_classic_style_is_the_default():
         procedural.render_image(0, 32, style="saliency")
     with pytest.raises(ValueError, match="textures"):
         procedural.SceneStyle(textures=("dots",))
+    with pytest.raises(ValueError, match="pick one"):
+        procedural.SceneStyle(crossing=0.5, lanes=True)
 
 
 @pytest.mark.parametrize("num_objects", [2, 3, 5])
@@ -102,6 +105,18 @@ def test_crossing_objects_hide_parts_of_each_other():
             if areas[k, t] < 0.7 * areas[k].max() and behind.any() and inside:
                 occluded += 1
     assert occluded >= 4, occluded
+
+
+def test_objects_in_lanes_never_touch():
+    """With `lanes` each object bounces in its own strip, outline and wobble included."""
+    style = dataclasses.replace(LOOKALIKES, object_radius=(0.16, 0.3), crossing=0.0, lanes=True)
+    sides = set()
+    for seed in range(10):
+        _, labels = procedural.render_video(seed, 12, (64, 48), 2, style=style)
+        for frame in labels:
+            assert not (ndimage.binary_dilation(frame == 1) & (frame == 2)).any(), seed
+        sides.add(bool(np.argwhere(labels[0] == 1)[:, 1].mean() < 32))
+    assert sides == {True, False}  # object 1 is on the left in some videos, on the right in others
 
 
 def _touches_border(mask: np.ndarray) -> bool:
