@@ -93,10 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # -- data -------------------------------------------------------------------------------------
 
 
-def procedural_shards(args: argparse.Namespace, folder: Path) -> str:
-    """Write procedural image clips with the generate stage (a local Ray); returns the manifest."""
+def procedural_config(args: argparse.Namespace, folder: Path) -> generate.GenerateConfig:
+    """The generation config of the benchmark's procedural image clips, written to `folder`."""
     clips = args.clips or args.batch_size * (args.steps + args.warmup + 2)
-    config = load_config(
+    return load_config(
         generate.GenerateConfig,
         REPO / "configs" / "generate_demo.yaml",
         [
@@ -108,6 +108,11 @@ def procedural_shards(args: argparse.Namespace, folder: Path) -> str:
             f"clips.clips_per_shard={max(8, clips // 8)}",
         ],
     )
+
+
+def procedural_shards(args: argparse.Namespace, folder: Path) -> str:
+    """Write procedural image clips with the generate stage (a local Ray); returns the manifest."""
+    config = procedural_config(args, folder)
     return generate.run(config)["manifest"]
 
 
@@ -246,19 +251,7 @@ def ray_data_batches(manifest: str, batch_size: int, workers: int):
 
 def write_shards_here(args: argparse.Namespace, folder: Path) -> str:
     """Procedural image clips written in this process (no Ray); returns the manifest."""
-    clips = args.clips or args.batch_size * (args.steps + args.warmup + 2)
-    config = load_config(
-        generate.GenerateConfig,
-        REPO / "configs" / "generate_demo.yaml",
-        [
-            f"output.url={folder}",
-            f"source.procedural.count={clips}",
-            f"source.procedural.width={max(160, args.resolution * 5 // 4)}",
-            f"source.procedural.height={max(120, args.resolution)}",
-            f"clips.size={args.resolution}",
-            f"clips.clips_per_shard={max(8, clips // 8)}",
-        ],
-    )
+    config = procedural_config(args, folder)
     plan = generate.plan_set(config)
     results = [build_shard(spec, config.output.set_url) for spec in plan.specs]
     return generate.write_set_manifest(plan, results)[0]

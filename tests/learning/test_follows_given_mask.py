@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from datagen.procedural import TEXTURES, SceneStyle, render_video
+from evaluation.mask_dependence import iou
 from models import VideoSegmenter, build_model
 from training.loop import check_batch, train_step
 
@@ -133,12 +134,6 @@ def trained_gc() -> Trained:
 @pytest.fixture(scope="module")
 def held_out() -> list[tuple[np.ndarray, np.ndarray]]:
     return videos(HELD_OUT_SEEDS)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks; 1 when both are empty (DAVIS's convention)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def segment(net, frames: np.ndarray, first_mask: np.ndarray) -> np.ndarray:
