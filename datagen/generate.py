@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from core import cluster
 from core.cli import console, progress_bar
@@ -25,6 +25,7 @@ from core.storage import (
     join,
     remove,
 )
+from datagen import procedural as datagen_procedural
 from datagen import sources as datagen_sources
 from datagen.manifest import build_manifest, manifest_url, read_manifest, write_manifest
 from datagen.plan import plan_shards
@@ -51,7 +52,14 @@ class ProceduralSection(StrictModel):
     num_objects: int = Field(1, ge=1, le=8)
     frames: int = Field(12, ge=3)  # videos only
     late_object: bool = False  # videos: the last object enters a third of the way in
+    style: str = "classic"  # a scene style of datagen.procedural.STYLES, e.g. lookalike_lanes
     seed: int = 0
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, style: str) -> str:
+        datagen_procedural.scene_style(style)  # "unknown scene style ...; choose one of ..."
+        return style
 
 
 class SourceSection(StrictModel):
@@ -169,6 +177,8 @@ class GenerateConfig(StrictModel):
         data = self.model_dump(mode="json", include={"source", "clips", "augmentation", "seed"})
         if not self.source.kind.startswith("procedural"):
             data["source"].pop("procedural")
+        elif self.source.procedural.style == "classic":  # classic sets keep their pre-style hash
+            data["source"]["procedural"].pop("style")
         if not self.source.is_video:  # unchanged by the video options: image sets keep their hash
             for name in ("window_stride", "window_margin"):
                 data["clips"].pop(name)
@@ -200,7 +210,7 @@ def scan(source: SourceSection) -> datagen_sources.Scan:
     kind, proc = source.kind, source.procedural
     if kind == "procedural_images":
         return datagen_sources.procedural_image_sources(
-            proc.count, proc.seed, proc.width, proc.height, proc.num_objects
+            proc.count, proc.seed, proc.width, proc.height, proc.num_objects, proc.style
         )
     if kind == "procedural_videos":
         return datagen_sources.procedural_video_sources(
@@ -211,6 +221,7 @@ def scan(source: SourceSection) -> datagen_sources.Scan:
             proc.height,
             max(proc.num_objects, 1),
             proc.late_object,
+            proc.style,
         )
     if not is_local(source.path):
         check_storage(source.path, write=False)  # endpoint, credentials, bucket: one line

@@ -12,9 +12,10 @@ machine. A `SceneStyle` (or its name in `STYLES`) says how hard a scene is:
                  background-like colours, saturated backgrounds, several texture kinds, and
                  in videos objects whose paths cross in a random depth order (the occluded
                  parts of an object are not in its mask).
-
-A style can also keep a video's objects apart (`lanes`: each object bounces inside its own
-vertical strip), for tests that need look-alikes which never touch.
+    lookalike_lanes
+                 every object after the first a look-alike of it, each video object in its
+                 own vertical strip (`lanes`) so they never touch: only the first-frame mask
+                 says which one is meant (the scenes of `evaluation.mask_dependence`).
 
 The label map holds every object (ids 1..N, palette-encodable), so any of them can be the
 target: a model given object i's first mask must follow object i.
@@ -42,6 +43,7 @@ __all__ = [
     "SceneStyle",
     "render_image",
     "render_video",
+    "scene_style",
     "write_procedural_images",
     "write_procedural_videos",
 ]
@@ -85,10 +87,12 @@ STYLES = {
         crossing=0.5,
         random_depth=True,
     ),
+    "lookalike_lanes": SceneStyle(lookalike=1.0, object_radius=(0.16, 0.22), lanes=True),
 }
 
 
-def _style(style: str | SceneStyle) -> SceneStyle:
+def scene_style(style: str | SceneStyle) -> SceneStyle:
+    """The style itself, or the one `STYLES` names; an unknown name is a one-line ValueError."""
     if isinstance(style, SceneStyle):
         return style
     if style not in STYLES:
@@ -241,7 +245,7 @@ def render_image(
 
     A later object is drawn over an earlier one where they overlap.
     """
-    style = _style(style)
+    style = scene_style(style)
     width, height = _size(size)
     rng, style_rng = np.random.default_rng([seed, 1]), _style_rng(seed, 1)
     saturated = style_rng.uniform() < style.saturated_background
@@ -348,7 +352,7 @@ def render_video(
     front; a style with `random_depth` draws the depth order. With `late_object` the last
     object enters a third of the way in, as objects do in YouTube-VOS.
     """
-    style = _style(style)
+    style = scene_style(style)
     width, height = _size(size)
     rng, style_rng = np.random.default_rng([seed, 2]), _style_rng(seed, 2)
     pad = max(width, height) // 8

@@ -187,9 +187,11 @@ class ProceduralImageSource:
     width: int
     height: int
     num_objects: int = 1
+    style: str = "classic"  # a name in `procedural.STYLES`
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        return procedural.render_image(self.seed, (self.width, self.height), self.num_objects)
+        size = (self.width, self.height)
+        return procedural.render_image(self.seed, size, self.num_objects, self.style)
 
 
 @dataclass(frozen=True)
@@ -234,20 +236,28 @@ class ProceduralVideoSource:
     height: int
     num_objects: int = 2
     late_object: bool = False
+    style: str = "classic"  # a name in `procedural.STYLES`
 
     def frame_indices(self) -> list[int]:
         return list(range(self.num_frames))
 
     def load_frame(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         frames, labels = _render_video(
-            self.seed, self.num_frames, self.width, self.height, self.num_objects, self.late_object
+            self.seed,
+            self.num_frames,
+            self.width,
+            self.height,
+            self.num_objects,
+            self.late_object,
+            self.style,
         )
         return frames[position], labels[position]
 
 
 @functools.lru_cache(maxsize=4)
-def _render_video(seed, num_frames, width, height, num_objects, late_object):
-    return procedural.render_video(seed, num_frames, (width, height), num_objects, late_object)
+def _render_video(seed, num_frames, width, height, num_objects, late_object, style):
+    size = (width, height)
+    return procedural.render_video(seed, num_frames, size, num_objects, late_object, style)
 
 
 def _read(url: str, source: str) -> bytes:
@@ -429,27 +439,34 @@ def scan_youtube(root: str, sequences=None) -> Scan:
     return _scan_videos(root, "JPEGImages", "Annotations", "youtube", sequences)
 
 
-def _procedural_fingerprint(kind: str, **params) -> str:
+def _procedural_fingerprint(kind: str, style: str, **params) -> str:
+    """sha256 of the parameters; the classic style is left out, so that classic sets keep the
+    fingerprint they had before there were styles."""
+    procedural.scene_style(style)  # an unknown name fails here, not inside a shard task
+    if style != "classic":
+        params["style"] = style
     return hashlib.sha256(json.dumps({"kind": kind, **params}, sort_keys=True).encode()).hexdigest()
 
 
 def procedural_image_sources(
-    count: int, seed: int, width: int, height: int, num_objects: int = 1
+    count: int, seed: int, width: int, height: int, num_objects: int = 1, style: str = "classic"
 ) -> Scan:
-    sources = [
-        ProceduralImageSource(
-            f"procedural/{index:06d}", seed * 1_000_003 + index, width, height, num_objects
-        )
-        for index in range(count)
-    ]
+    """`count` scenes of a `procedural.STYLES` style; scene i has seed `seed * 1_000_003 + i`."""
     fingerprint = _procedural_fingerprint(
         "procedural-images",
+        style,
         count=count,
         seed=seed,
         width=width,
         height=height,
         num_objects=num_objects,
     )
+    sources = [
+        ProceduralImageSource(
+            f"procedural/{index:06d}", seed * 1_000_003 + index, width, height, num_objects, style
+        )
+        for index in range(count)
+    ]
     return Scan(sources=sources, fingerprint=fingerprint)
 
 
@@ -461,7 +478,20 @@ def procedural_video_sources(
     height: int,
     num_objects: int = 2,
     late_object: bool = False,
+    style: str = "classic",
 ) -> Scan:
+    """`count` videos of a `procedural.STYLES` style; video i has seed `seed * 1_000_003 + i`."""
+    fingerprint = _procedural_fingerprint(
+        "procedural-videos",
+        style,
+        count=count,
+        seed=seed,
+        num_frames=num_frames,
+        width=width,
+        height=height,
+        num_objects=num_objects,
+        late_object=late_object,
+    )
     sources = [
         ProceduralVideoSource(
             f"procedural/seq{index:04d}",
@@ -471,17 +501,8 @@ def procedural_video_sources(
             height,
             num_objects,
             late_object,
+            style,
         )
         for index in range(count)
     ]
-    fingerprint = _procedural_fingerprint(
-        "procedural-videos",
-        count=count,
-        seed=seed,
-        num_frames=num_frames,
-        width=width,
-        height=height,
-        num_objects=num_objects,
-        late_object=late_object,
-    )
     return Scan(sources=sources, fingerprint=fingerprint)

@@ -7,14 +7,15 @@ its mask segments A in the first run and B in the second: J of at least `min_j` 
 and two runs that differ (their IoU below `max_overlap`). A model that segments whatever is
 salient gives the same prediction in both runs, so it cannot pass, whatever its J on one.
 
-`prediction_moves_with_mask(net, davis_root)`: on real sequences, the first mask moved
-sideways by a third of the frame must move the prediction on the next frames (the IoU
-between the two runs' masks stays below `max_overlap`). A mask-blind model predicts the same
-thing from either mask (an IoU near 1).
+`moves_with_mask(net, videos)`: the first mask moved sideways by a third of the frame must
+move the prediction on the next frames (the IoU between the two runs' masks stays below
+`max_overlap`). A mask-blind model predicts the same thing from either mask (an IoU near 1).
+`prediction_moves_with_mask(net, davis_root)` runs it on the sequences of a DAVIS folder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,12 +23,8 @@ import numpy as np
 import torch
 
 from core.masks import list_frames, read_frame, read_mask
-from datagen.procedural import SceneStyle, render_video
+from datagen.procedural import render_video
 from models import VideoSegmenter
-
-# Two look-alikes, each in its own lane of the frame: a model needs the mask to know which
-# one is meant (tests/learning/test_follows_given_mask.py trains on the same scenes).
-LOOKALIKES = SceneStyle(lookalike=1.0, object_radius=(0.16, 0.22), lanes=True)
 
 
 @dataclass(frozen=True)
@@ -55,8 +52,15 @@ def segment(net, frames, first_mask: np.ndarray, internal_size="original") -> li
 
 
 def lookalike_videos(count: int, frames: int, size: tuple[int, int], seed: int) -> list:
-    """(frames, labels) of `count` two-object look-alike videos, a pure function of `seed`."""
-    return [render_video(seed + index, frames, size, 2, style=LOOKALIKES) for index in range(count)]
+    """(frames, labels) of `count` two-object look-alike videos, a pure function of `seed`.
+
+    Each object keeps to its own lane of the frame, so only the mask says which one is meant
+    (tests/learning/test_follows_given_mask.py trains on such scenes).
+    """
+    return [
+        render_video(seed + index, frames, size, 2, style="lookalike_lanes")
+        for index in range(count)
+    ]
 
 
 def follows_given_object(
@@ -82,19 +86,34 @@ def follows_given_object(
     return ObjectFollowing(mean_a, mean_b, mean_overlap, bool(passed)).as_dict()
 
 
-def prediction_moves_with_mask(
-    net, davis_root: str | Path, frames: int = 10, max_overlap: float = 0.5
-) -> dict:
-    """The mask-shift check of the module docstring on every sequence of a DAVIS folder, at
-    the model's own size; the mean IoU between the original and the shifted run."""
+def moves_with_mask(net, videos: Iterable, internal_size="train", max_overlap: float = 0.5) -> dict:
+    """The mask-shift check of the module docstring on (frames, first_mask bool [H, W]) pairs.
+
+    Each video is segmented from its first mask and from that mask rolled sideways by a third
+    of the width; "iou" is the mean IoU of the two runs' masks over frames 1.. of every video,
+    "moved" whether it is below `max_overlap`.
+    """
     overlaps = []
-    for sequence in sorted((Path(davis_root) / "Annotations" / "480p").iterdir()):
-        paths = list_frames(Path(davis_root) / "JPEGImages" / "480p" / sequence.name)[: frames + 1]
-        video = [read_frame(path) for path in paths]
-        first = read_mask(sequence / f"{paths[0].stem}.png") > 0
+    for frames, first in videos:
         shifted = np.roll(first, first.shape[1] // 3, axis=1)
-        original_run = segment(net, video, first, internal_size="train")
-        shifted_run = segment(net, video, shifted, internal_size="train")
+        original_run = segment(net, frames, first, internal_size)
+        shifted_run = segment(net, frames, shifted, internal_size)
         overlaps += [iou(a, b) for a, b in zip(original_run, shifted_run, strict=True)]
     overlap = float(np.mean(overlaps))
     return {"iou": overlap, "moved": overlap < max_overlap}
+
+
+def prediction_moves_with_mask(
+    net, davis_root: str | Path, frames: int = 10, max_overlap: float = 0.5
+) -> dict:
+    """`moves_with_mask` on the first `frames` + 1 frames of every sequence of a DAVIS folder
+    (480p, all objects as one mask), at the model's own size."""
+    return moves_with_mask(net, davis_videos(davis_root, frames), "train", max_overlap)
+
+
+def davis_videos(davis_root: str | Path, frames: int) -> Iterator[tuple[list, np.ndarray]]:
+    """(the first `frames` + 1 frames, first mask of all objects) of each 480p sequence."""
+    for sequence in sorted((Path(davis_root) / "Annotations" / "480p").iterdir()):
+        paths = list_frames(Path(davis_root) / "JPEGImages" / "480p" / sequence.name)[: frames + 1]
+        first = read_mask(sequence / f"{paths[0].stem}.png") > 0
+        yield [read_frame(path) for path in paths], first

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from torch.utils.data import DataLoader
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError, config_hash, load_config
+from datagen.generate import scan
 from datagen.manifest import read_manifest
 from datagen.reader import ClipStream
 from pipelines.generate import GenerateConfig, GenerateError, main, run
@@ -161,6 +162,26 @@ def test_bad_config_values_are_reported_one_line_each(capsys, tmp_path):
     )
     with pytest.raises(ConfigError, match="source.path is required"):
         load_config(GenerateConfig, overrides=["source.kind=davis", f"output.url={tmp_path}"])
+
+
+def test_the_procedural_scene_style_is_a_config_option(capsys, tmp_path):
+    """source.procedural.style reaches every source, the fingerprint and the set's hash; a
+    classic config hashes as it did before there were styles; an unknown style is one line."""
+    base = ["source.kind=procedural_videos", "source.procedural.count=2", f"output.url={tmp_path}"]
+    classic = load_config(GenerateConfig, overrides=base)
+    styled = load_config(
+        GenerateConfig, overrides=[*base, "source.procedural.style=lookalike_lanes"]
+    )
+    found = scan(styled.source)
+    assert [source.style for source in found.sources] == ["lookalike_lanes"] * 2
+    assert found.fingerprint != scan(classic.source).fingerprint
+    assert "style" not in classic.content()["source"]["procedural"]
+    assert config_hash(styled.content()) != config_hash(classic.content())
+
+    assert main([*base, "source.procedural.style=fancy"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "source.procedural.style = 'fancy'" in error
+    assert "choose one of classic, distractors, lookalike_lanes" in error
 
 
 def test_a_set_made_with_another_config_is_not_mixed_in(tmp_path):

@@ -2,9 +2,9 @@
 
 Checked here: scenes are a pure function of the seed; every object is in the label map
 with its id (and survives palette encoding); look-alikes are close in colour yet distinct;
-crossing objects occlude each other, objects in lanes never touch; and saturation no longer
+crossing objects occlude each other, objects in lanes never touch; saturation no longer
 tells object from background (while in the classic style it does, which is why a mask-blind
-model did well there).
+model did well there); and the generation job's procedural sources render their style.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from scipy import ndimage
 
 from datagen import procedural
-from datagen.sources import scan_davis
+from datagen.sources import procedural_image_sources, procedural_video_sources, scan_davis
 
 DISTRACTORS = procedural.STYLES["distractors"]
 LOOKALIKES = dataclasses.replace(DISTRACTORS, lookalike=1.0)
@@ -135,3 +135,48 @@ def test_saturation_does_not_say_object_any_more():
     assert np.mean(classic) > 0.5 and np.mean(np.array(classic) > 0) == 1.0
     assert abs(np.mean(hard)) < 0.15, np.mean(hard)
     assert np.mean(np.array(hard) > 0) < 0.75
+
+
+# The fingerprint `procedural_video_sources(3, 2, 8, 96, 72, 2, True)` had before there were
+# styles: classic sets must keep it.
+CLASSIC_VIDEOS_FINGERPRINT = "d71442579089bda85aa742d5292e2461e79d69e4e69a79b742930c7b7573ebca"
+
+
+def test_procedural_sources_render_their_style():
+    """A lookalike_lanes source gives that style's scenes: two look-alikes in separate lanes."""
+    found = procedural_video_sources(2, 3, 6, 64, 48, 2, style="lookalike_lanes")
+    for index, source in enumerate(found.sources):
+        expected = procedural.render_video(
+            3 * 1_000_003 + index, 6, (64, 48), 2, style="lookalike_lanes"
+        )
+        loaded = [source.load_frame(t) for t in range(6)]
+        frames, labels = np.stack([f for f, _ in loaded]), np.stack([m for _, m in loaded])
+        assert np.array_equal(frames, expected[0]) and np.array_equal(labels, expected[1])
+        columns = [set(np.flatnonzero((labels == k).any(axis=(0, 1)))) for k in (1, 2)]
+        assert columns[0] and columns[1] and not columns[0] & columns[1]  # each in its own lane
+        colours = [frames[labels == k].astype(np.float32).mean(0) for k in (1, 2)]
+        assert np.linalg.norm(colours[0] - colours[1]) < 50  # look-alikes
+    image, labels = (
+        procedural_image_sources(1, 3, 64, 48, 2, style="lookalike_lanes").sources[0].load()
+    )
+    expected = procedural.render_image(3 * 1_000_003, (64, 48), 2, style="lookalike_lanes")
+    assert np.array_equal(image, expected[0]) and np.array_equal(labels, expected[1])
+
+
+def test_the_style_is_in_the_fingerprint_except_the_classic_one():
+    classic = procedural_video_sources(2, 3, 6, 64, 48, 2)
+    assert procedural_video_sources(2, 3, 6, 64, 48, 2, style="classic").fingerprint == (
+        classic.fingerprint
+    )
+    assert procedural_video_sources(3, 2, 8, 96, 72, 2, True).fingerprint == (
+        CLASSIC_VIDEOS_FINGERPRINT
+    )
+    for style in ("lookalike_lanes", "distractors"):
+        assert procedural_video_sources(2, 3, 6, 64, 48, 2, style=style).fingerprint != (
+            classic.fingerprint
+        )
+        assert procedural_image_sources(2, 3, 64, 48, 2, style=style).fingerprint != (
+            procedural_image_sources(2, 3, 64, 48, 2).fingerprint
+        )
+    with pytest.raises(ValueError, match="unknown scene style 'fancy'; choose one of classic"):
+        procedural_video_sources(2, 3, 6, 64, 48, 2, style="fancy")

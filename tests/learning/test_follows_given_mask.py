@@ -16,6 +16,10 @@ The control test scores mask-blind predictors with the same metric and asks that
 a perfect salient-union detector, the trained network fed one mask of both objects, and the
 untrained network.
 
+The same trained network must also pass `evaluation.mask_dependence.moves_with_mask`, the
+check the learning benchmark runs on DAVIS: object A's first mask moved sideways by a third
+of the frame moves the prediction, while a mask-blind copy of the network does not move.
+
 The two objects keep to their own halves of the frame (`SceneStyle.lanes`), so that errors
 never come from objects touching. What the test checks is that the mask is used, not how:
 in 64 x 48 frames the trained `gc` tells the two apart by where they are (twins of one
@@ -24,6 +28,7 @@ colour score the same), and it does not follow objects whose paths cross.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -32,7 +37,7 @@ import pytest
 import torch
 
 from datagen.procedural import TEXTURES, SceneStyle, render_video
-from evaluation.mask_dependence import iou
+from evaluation.mask_dependence import iou, moves_with_mask
 from models import VideoSegmenter, build_model
 from training.loop import check_batch, train_step
 
@@ -181,6 +186,17 @@ def salient_union(frames, labels, target):
     return labels > 0
 
 
+def mask_blind(net):
+    """A copy of `net` whose memory is always written from an all-foreground mask: what it
+    predicts depends on the frames only, not on the first mask it is given."""
+    blind = copy.deepcopy(net)
+    encode_memory = blind.encode_memory
+    blind.encode_memory = lambda frames, probs, owner=None: encode_memory(
+        frames, torch.ones_like(probs), owner
+    )
+    return blind
+
+
 # -- tests ----------------------------------------------------------------------------------
 
 
@@ -211,3 +227,16 @@ def test_the_metric_fails_mask_blind_predictors(trained_gc, held_out):
         assert min(scores.j_a, scores.j_b) < 0.6, (name, scores)
         if same_for_both:
             assert scores.ab_iou > 0.9, (name, scores)
+
+
+def test_moving_the_first_mask_moves_the_prediction(trained_gc, held_out):
+    """Object A's first mask rolled sideways by a third of the width (off A, towards or onto
+    B's lane) gives a different prediction: the mask, not the scene, decides what is followed."""
+    first_masks = [(frames, labels[0] == 1) for frames, labels in held_out]
+    trained = moves_with_mask(trained_gc.net, first_masks)
+    blind = moves_with_mask(mask_blind(trained_gc.net), first_masks)
+    print(
+        f"mask moved by a third: IoU of the two runs {trained['iou']:.3f}, mask-blind {blind['iou']:.3f}"
+    )
+    assert trained["moved"] and trained["iou"] < 0.5, trained
+    assert not blind["moved"] and blind["iou"] > 0.9, blind
