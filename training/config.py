@@ -164,6 +164,13 @@ class TrainSection(StrictModel):
     max_steps: int | None = Field(None, gt=0, description="stop after this many steps in all")
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="cosine: from lr down to lr x final_lr_fraction over the run's planned "
+        "steps (max_steps, or epochs x steps per epoch)",
+    )
+    final_lr_fraction: float = Field(0.1, ge=0, le=1, description="cosine: the last step's lr / lr")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr / warmup_steps")
     grad_clip_norm: float | None = Field(1.0, gt=0, description="None: no clipping")
     log_every_steps: int = Field(10, gt=0)
     freeze_batchnorm: bool = Field(

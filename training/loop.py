@@ -4,8 +4,11 @@ One step follows both papers: the model encodes frame 0 with its mask, predicts 
 puts its own *soft* frame-1 prediction into memory and predicts frame 2 (the model does this
 inside `model(frames, first_labels, num_objects)`); the loss is taken on frames 1 and 2
 (cross-entropy for gc and stm, hybrid BCE + SSIM + IoU plus cross-entropy for gvos_scm; the
-model's `loss`). Adam (fused), gradient clipping, batch norm frozen (the model keeps it frozen
-in `train()`), bf16 autocast and channels_last on GPUs, `torch.compile` as an option.
+model's `loss`). Adam (fused) at a constant lr as both papers, or with a warm-up and a cosine
+decay (`train.lr_schedule`, for short runs from scratch; the lr of every step is a function
+of the step, so a resumed run continues its curve), gradient clipping, batch norm frozen (the
+model keeps it frozen in `train()`), bf16 autocast and channels_last on GPUs, `torch.compile`
+as an option.
 
 `train_loop_per_worker` reads as Ray Train's examples do: set up (restore or start, the
 network, DDP through `ray.train.torch.prepare_model`, the optimizer), then for each epoch, for
@@ -66,7 +69,7 @@ from datagen.manifest import read_manifest
 from models import build_model
 from tracking import model_store
 from tracking.runs import MetricBuffer
-from training.config import FinetuneConfig, PretrainConfig, TrainConfig
+from training.config import FinetuneConfig, PretrainConfig, TrainConfig, TrainSection
 from training.data import (
     DistinctClips,
     batch_size_of,
@@ -179,11 +182,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         steps_in_epoch = agreed_steps_in_epoch(config, stream, worker, epoch)
         if epoch != state.epoch:  # a checkpoint written before `advance` moved epochs on
             state = TrainState(step=state.step, epoch=epoch)
-        progress.start_epoch(epoch, planned_total_steps(config, steps_in_epoch))
+        total_steps = planned_total_steps(config, steps_in_epoch)
+        progress.start_epoch(epoch, total_steps)
         keys: list[str] = []
         for batch in progress.timed(epoch_batches(config, stream, worker, state, steps_in_epoch)):
             num_objects = check_batch(batch)  # on the CPU, before the batch moves
             frames, labels = to_device(batch, worker.device)
+            set_lr(optimizer, lr_at(config.train, state.step, total_steps))
             loss = train_step(
                 ddp_model, model, optimizer, frames, labels, num_objects,
                 bf16=bf16, grad_clip_norm=config.train.grad_clip_norm,
@@ -395,6 +400,26 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     return torch.optim.Adam(
         trainable, lr=config.train.lr, weight_decay=config.train.weight_decay, fused=True
     )
+
+
+def lr_at(train: TrainSection, step: int, total_steps: int) -> float:
+    """The learning rate of the step after `step` steps of `total_steps`: a linear warm-up
+    over `warmup_steps`, then `lr` (constant) or a cosine from `lr` down to
+    `lr x final_lr_fraction` at the last step. A pure function of the step, so a resumed run
+    continues the same schedule."""
+    if step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.lr_schedule == "constant":
+        return train.lr
+    span = max(1, total_steps - 1 - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    floor = train.lr * train.final_lr_fraction
+    return floor + (train.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def prepare(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:

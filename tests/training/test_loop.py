@@ -11,8 +11,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import build_model
-from training.config import PretrainConfig
-from training.loop import check_batch, make_optimizer, to_device, train_step
+from training.config import PretrainConfig, TrainSection
+from training.loop import check_batch, lr_at, make_optimizer, to_device, train_step
 
 
 class DeviceReads(TorchDispatchMode):
@@ -118,3 +118,16 @@ def test_a_good_batch_gives_its_object_count():
     batch["num_objects"][0] = 1
     batch["labels"][0] = batch["labels"][0].clamp(max=1)
     assert check_batch(batch) == 2
+
+
+def test_the_cosine_schedule_warms_up_decays_to_its_floor_and_resumes_where_it_was():
+    train = TrainSection(lr=1e-3, lr_schedule="cosine", warmup_steps=10, final_lr_fraction=0.1)
+    lrs = [lr_at(train, step, total_steps=111) for step in range(111)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # warm-up
+    assert lrs[10] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)  # lr -> floor
+    assert lrs[60] == pytest.approx(5.5e-4)  # half way down the cosine
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    # a pure function of the step: a run restored at step 60 continues the same curve
+    assert lr_at(train, 60, 111) == lrs[60]
+    constant = train.model_copy(update={"lr_schedule": "constant", "warmup_steps": 0})
+    assert {lr_at(constant, step, 110) for step in range(110)} == {1e-3}
