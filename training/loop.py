@@ -323,9 +323,7 @@ def restore_or_start(
     model, saved = loaded or read_checkpoint(reported[index], worker.device)
     model.freeze_batchnorm(config.train.freeze_batchnorm)  # before the optimizer takes its params
     optimizer = make_optimizer(config, model)
-    optimizer.load_state_dict(saved["optimizer"])
-    for group in optimizer.param_groups:  # the config's lr wins over the checkpoint's
-        group["lr"] = config.train.lr
+    optimizer.load_state_dict(saved["optimizer"])  # its lr is replaced at every step (lr_at)
     state = TrainState(**saved["state"])
     checkpoints.saved_step = state.step
     name = checkpoint_name(reported[index])

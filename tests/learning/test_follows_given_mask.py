@@ -39,7 +39,7 @@ import torch
 from datagen.procedural import TEXTURES, SceneStyle, render_video
 from evaluation.mask_dependence import iou, moves_with_mask
 from models import VideoSegmenter, build_model
-from training.loop import check_batch, train_step
+from training.loop import check_batch, set_lr, train_step
 
 FRAME_SIZE = (64, 48)  # width, height: a 4 x 3 grid at the memory's stride of 16
 SCENE = SceneStyle(lookalike=1.0, textures=TEXTURES, object_radius=(0.16, 0.22), lanes=True)
@@ -107,8 +107,7 @@ def train(net, steps: int, seed: int = 0) -> list[float]:
     losses = []
     for step in range(steps):
         if step == steps * 3 // 4:
-            for group in optimizer.param_groups:
-                group["lr"] = FINAL_LR
+            set_lr(optimizer, FINAL_LR)
         batch = training_batch(train_videos, rng)
         num_objects = check_batch(batch)
         loss = train_step(net, net, optimizer, batch["frames"], batch["labels"], num_objects)
