@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def shard_sets(args: argparse.Namespace, out: Path) -> dict[str, str]:
-    """Generate the four sets; returns their manifest URLs by name."""
+    """Generate the five sets; returns their manifest URLs by name."""
     data, size = Path(args.data), args.size
     image_clips = [f"clips.size={size}", "clips.clips_per_shard=64"]
     sets = {
@@ -143,7 +143,8 @@ def shard_sets(args: argparse.Namespace, out: Path) -> dict[str, str]:
 def train(
     model: str, args: argparse.Namespace, manifests: dict[str, str], out: Path, tracking: list
 ) -> tuple[TrainingResult, TrainingResult]:
-    """Pretrain on the image sets, then fine-tune on the video windows."""
+    """Pretrain on the image sets and the look-alike videos, then fine-tune on the DAVIS
+    windows and the look-alike videos."""
     common = [
         f"model.name={model}",
         f"run.storage_path={out / 'runs'}",
