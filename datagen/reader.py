@@ -7,6 +7,10 @@ of training clips, drawn and augmented afresh every epoch.
     loader = DataLoader(stream.dataset(epoch), batch_size=batch_size, num_workers=4)
     for step, batch in zip(range(steps), loader): ...
 
+With `uint8=True`, `stream.dataset(epoch, batch_size)` and `collate_fn=collate_clips` write
+each batch's clips straight into one block of shared memory, which the loader hands on
+without a copy (see **uint8 samples**).
+
 Only sets with a `manifest.json` are read (`read_manifest` refuses the others).
 
 **Fresh clips every epoch.** A video set's samples are windows of consecutive annotated
@@ -56,7 +60,11 @@ an epoch is still `samples_per_rank()` samples.
 **uint8 samples** (`uint8=True`) carry a quarter of the bytes through the DataLoader's
 shared memory; at 384 px that cost more worker time than decoding (measured with
 `benchmarks/train_throughput.py --data-only`). Training converts them after the loader
-(`training.data.epoch_loader`).
+(`training.data.epoch_loader`). Given the loader's `batch_size`, a worker writes each
+`batch_size` consecutive clips into one fresh block of shared memory (every block is new, so
+nothing the loader has handed on is ever written again), and `collate_clips` makes the batch
+a view of that block: the loader's own collate would copy every clip into new shared memory,
+a sixth of the worker's time at 384 px.
 
 **Shard checks.** Shards are read with `datagen.shards.read_shard`: size checked before,
 sha256 of the bytes as they stream by (`verify`), every sample's members and the sample
@@ -83,6 +91,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import multiprocessing
 import random
 from collections.abc import Iterator
@@ -92,7 +101,7 @@ from typing import Literal
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 from torchvision.io import decode_jpeg, decode_png
 from webdataset.utils import pytorch_worker_info
 
@@ -106,6 +115,7 @@ __all__ = [
     "ClipStream",
     "ManifestError",
     "ShardError",
+    "collate_clips",
     "read_manifest",
 ]
 
@@ -114,6 +124,8 @@ log = logging.getLogger("vos.data")
 BadShards = Literal["stop", "skip"]
 CLIP_FRAMES = 3
 CROP_ATTEMPTS = 3
+FEW_IDS = 16  # a mask with ids up to this is searched id by id
+CHUNK_PIXELS = 1 << 15  # per step of the colour jitter: ~0.5 MiB of float buffers
 GREY = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 
 
@@ -274,9 +286,11 @@ class ClipStream:
         """Bad shards skipped so far (`bad_shards="skip"`), by all workers of this stream."""
         return self._skipped.value
 
-    def dataset(self, epoch: int = 0) -> IterableDataset:
-        """The stream for one epoch (a fresh shuffle and fresh clips per epoch)."""
-        return _ClipDataset(self, epoch)
+    def dataset(self, epoch: int = 0, batch_size: int | None = None) -> IterableDataset:
+        """The stream for one epoch (a fresh shuffle and fresh clips per epoch). With the
+        loader's `batch_size` (and `uint8`), each batch's clips share one block of memory for
+        `collate_clips` (shared memory in a loader worker)."""
+        return _ClipDataset(self, epoch, batch_size)
 
 
 # -- one epoch of one worker ----------------------------------------------------------------------
@@ -297,9 +311,10 @@ class _Drawn:
 
 
 class _ClipDataset(IterableDataset):
-    def __init__(self, stream: ClipStream, epoch: int):
+    def __init__(self, stream: ClipStream, epoch: int, batch_size: int | None = None):
         super().__init__()
         self.stream, self.epoch = stream, epoch
+        self.batch_size = batch_size if stream.uint8 else None
         self.parts = stream._parts(stream.rank)
         self.epoch_length = stream.samples_per_rank()
 
@@ -406,19 +421,21 @@ class _ClipDataset(IterableDataset):
     def _clips(self, drawn: Iterator[_Drawn]) -> Iterator[dict]:
         """Decoded, augmented clips; a sample that cannot be decoded (its shard is damaged:
         the end-of-shard check names it too) stops the stream, or is skipped."""
+        buffers = _FrameBuffers()
+        blocks = _Blocks(self.batch_size, self.stream.size) if self.batch_size else None
         for sample in drawn:
             try:
-                yield self._clip(sample)
+                yield self._clip(sample, buffers, blocks)
             except ShardError as err:
                 if self.stream.bad_shards == "stop":
                     raise
                 log.warning("skipped a sample: %s", err)
 
-    def _clip(self, drawn: _Drawn) -> dict:
+    def _clip(self, drawn: _Drawn, buffers: _FrameBuffers, blocks: _Blocks | None) -> dict:
         stream = self.stream
         try:
-            frames = [decode_jpeg(_bytes_tensor(data)) for data in drawn.jpegs]
-            masks = [decode_png(_bytes_tensor(data))[0] for data in drawn.pngs]
+            frames = [decode_jpeg(_bytes_tensor(data)).numpy() for data in drawn.jpegs]
+            masks = [decode_png(_bytes_tensor(data))[0].numpy() for data in drawn.pngs]
         except RuntimeError as err:
             raise ShardError(
                 f"shard {drawn.url}: sample {drawn.key!r} cannot be decoded "
@@ -426,22 +443,25 @@ class _ClipDataset(IterableDataset):
             ) from None
         boxes = drawn.record.get("boxes")
         box = boxes[drawn.positions[0]] if boxes else None
-        jitter = stream.augment.colour_jitter
-        dtype = torch.uint8 if stream.uint8 and jitter <= 0 else torch.float32
+        height, width = masks[0].shape
+        frames_out, labels_out = blocks.next_slot() if blocks else (None, None)
         for _ in range(CROP_ATTEMPTS):  # a crop that loses frame 0's objects is drawn again
-            cropped, cropped_masks = _cropped(
-                frames, masks, stream.size, box, stream.augment, drawn.rng, dtype
+            placement = _placement(height, width, stream.size, box, stream.augment, drawn.rng)
+            labels, count = _first_frame_objects(
+                _cropped(masks, placement, out=labels_out), stream.max_objects, drawn.rng
             )
-            labels, count = _first_frame_objects(cropped_masks, stream.max_objects, drawn.rng)
             if count:
                 break
+        crops = _cropped(frames, placement, channels=3, out=frames_out)  # the crop kept
         prefix = f"{drawn.set_index}/" if len(stream.sets) > 1 else ""
         clip = prefix + drawn.key
         if drawn.record.get("kind") == "window":
             indices = drawn.record["frame_indices"]
             clip += "@" + ",".join(str(indices[p]) for p in drawn.positions)
         return {
-            "frames": _coloured(cropped, jitter, drawn.rng, stream.uint8),
+            "frames": _coloured(
+                crops, stream.augment.colour_jitter, drawn.rng, stream.uint8, buffers
+            ),
             "labels": labels if stream.uint8 else labels.long(),
             "num_objects": count,
             "key": prefix + drawn.key,
@@ -480,38 +500,107 @@ def _mixed(sources: list[Iterator], weights: list[float], rng: random.Random) ->
         yield sample
 
 
+# -- batches without a copy ----------------------------------------------------------------------
+
+
+class _Blocks:
+    """Where one iterator's clips go: each `batch_size` consecutive clips into one fresh
+    block of memory, frames uint8 [batch_size, T, 3, S, S] and labels [batch_size, T, S, S]
+    (shared memory in a DataLoader worker, as the loader's collate would allocate)."""
+
+    def __init__(self, batch_size: int, size: int) -> None:
+        self.batch_size, self.size = batch_size, size
+        self.used = batch_size  # of the current block: none yet
+
+    def next_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next clip's frames [T, 3, S, S] and labels [T, S, S] (views of a block)."""
+        if self.used == self.batch_size:
+            self.frames, self.labels = _block(self.batch_size, self.size)
+            self.used = 0
+        self.used += 1
+        return self.frames[self.used - 1], self.labels[self.used - 1]
+
+
+def _block(count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames and labels of `count` clips in one storage: one shared-memory segment per batch
+    in a loader worker (the loader's collate makes two)."""
+    frames = (count, CLIP_FRAMES, 3, size, size)
+    labels = (count, CLIP_FRAMES, size, size)
+    frames_bytes, labels_bytes = math.prod(frames), math.prod(labels)
+    if get_worker_info() is None:
+        storage = torch.UntypedStorage(frames_bytes + labels_bytes)
+    else:  # as default_collate allocates its batches in a worker: sent without a copy
+        storage = torch.UntypedStorage._new_shared(frames_bytes + labels_bytes)
+    whole = torch.empty(0, dtype=torch.uint8).set_(storage)
+    return whole[:frames_bytes].view(frames), whole[frames_bytes:].view(labels)
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """The DataLoader's `default_collate` of clips, except that frames and labels written to
+    consecutive slots of one block (`ClipStream.dataset(epoch, batch_size)`) become views of
+    that block instead of copies; any other samples are copied as `default_collate` does."""
+    names = ("frames", "labels")
+    views = [_slots_view([sample[name] for sample in samples]) for name in names]
+    if any(view is None for view in views):
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k not in names} for s in samples])
+    return {**dict(zip(names, views, strict=True)), **batch}
+
+
+def _slots_view(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """tensors stacked, as a view of their storage when they lie one after the other in it
+    (contiguous, same shape and dtype); otherwise None."""
+    first = tensors[0]
+    if not torch.is_tensor(first) or not first.is_contiguous():
+        return None
+    storage, start, step = first.untyped_storage(), first.storage_offset(), first.numel()
+    for index, tensor in enumerate(tensors):
+        if (
+            tensor.shape != first.shape
+            or tensor.dtype != first.dtype
+            or not tensor.is_contiguous()
+            or tensor.untyped_storage().data_ptr() != storage.data_ptr()
+            or tensor.storage_offset() != start + index * step
+        ):
+            return None
+    return first.new_empty(0).set_(storage, start, (len(tensors), *first.shape))
+
+
 # -- decoding and augmentation -------------------------------------------------------------------
+#
+# Frames are cropped, mirrored and transposed (torchvision decodes to channels-last memory) in
+# one uint8 copy each; the colour jitter then converts a part of a frame at a time to float
+# (CHUNK_PIXELS, so that its few passes stay in the L2 cache) and writes uint8 (or float) once.
+# Masks are cropped before frames: a crop that loses frame 0's objects costs no frame copies.
 
 
 def _bytes_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def _cropped(
-    frames: list[torch.Tensor],
-    masks: list[torch.Tensor],
-    size: int,
-    box: list[int] | None,
-    augment: Augment,
-    rng: random.Random,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 frames [3, H, W] and masks [H, W] (H, W >= size) cropped to size x size: one
-    placement per clip (`box`'s centre inside it), moved per frame by the crop jitter, zeros
-    beyond the frame, maybe mirrored. Returns frames [T, 3, size, size] of `dtype` (values
-    0..255, converted as they are copied) and uint8 masks [T, size, size]."""
-    height, width = masks[0].shape
+@dataclass(frozen=True)
+class _Placement:
+    """Where a clip's crops lie: each frame's window corner (top, left), one mirroring."""
+
+    size: int
+    corners: tuple[tuple[int, int], ...]
+    flip: bool
+
+
+def _placement(
+    height: int, width: int, size: int, box: list[int] | None, augment: Augment, rng: random.Random
+) -> _Placement:
+    """One placement per clip of the size x size crops of frames H x W (H, W >= size): `box`'s
+    centre inside, moved per frame by the crop jitter, maybe mirrored."""
     jitter = round(augment.crop_jitter * size)
     top = _crop_start(height, size, None if box is None else (box[1], box[3]), rng)
     left = _crop_start(width, size, None if box is None else (box[0], box[2]), rng)
     flip = augment.flip and rng.random() < 0.5
-    out_frames = torch.empty(len(frames), 3, size, size, dtype=dtype)
-    out_masks = torch.empty(len(masks), size, size, dtype=torch.uint8)
-    for t in range(len(frames)):
-        y, x = top + rng.randint(-jitter, jitter), left + rng.randint(-jitter, jitter)
-        _crop_into(out_frames[t], frames[t], y, x, flip)
-        _crop_into(out_masks[t], masks[t], y, x, flip)
-    return out_frames, out_masks
+    corners = tuple(
+        (top + rng.randint(-jitter, jitter), left + rng.randint(-jitter, jitter))
+        for _ in range(CLIP_FRAMES)
+    )
+    return _Placement(size, corners, flip)
 
 
 def _crop_start(extent: int, size: int, span: tuple[int, int] | None, rng: random.Random) -> int:
@@ -529,7 +618,25 @@ def _crop_start(extent: int, size: int, span: tuple[int, int] | None, rng: rando
     return rng.randint(low, high)
 
 
-def _crop_into(out: torch.Tensor, image: torch.Tensor, top: int, left: int, flip: bool) -> None:
+def _cropped(
+    images: list[np.ndarray],
+    placement: _Placement,
+    channels: int = 0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 frames [C, H, W] (any strides; a grey one is repeated) or masks [H, W] (no
+    `channels`) -> their crops, contiguous uint8 [T, channels, size, size] or [T, size, size]
+    (written to `out` when given)."""
+    size = placement.size
+    leading = (channels,) if channels else ()
+    if out is None:
+        out = torch.empty(len(images), *leading, size, size, dtype=torch.uint8)
+    for image, target, (top, left) in zip(images, out.numpy(), placement.corners, strict=False):
+        _crop_into(target, image, top, left, placement.flip)
+    return out
+
+
+def _crop_into(out: np.ndarray, image: np.ndarray, top: int, left: int, flip: bool) -> None:
     """out [..., S, S] = the S x S window of image [..., H, W] at (top, left), zeros where it
     leaves the image, mirrored left to right with `flip`."""
     size = out.shape[-1]
@@ -537,63 +644,103 @@ def _crop_into(out: torch.Tensor, image: torch.Tensor, top: int, left: int, flip
     y0, y1 = min(max(top, 0), height), max(min(top + size, height), 0)
     x0, x1 = min(max(left, 0), width), max(min(left + size, width), 0)
     if y0 >= y1 or x0 >= x1:
-        out.zero_()
+        out.fill(0)
         return
     rows, columns = (y0 - top, y1 - top), (x0 - left, x1 - left)
     source = image[..., y0:y1, x0:x1]
     if flip:  # window column c goes to column size - 1 - c
-        source, columns = source.flip(-1), (size - columns[1], size - columns[0])
+        source, columns = source[..., ::-1], (size - columns[1], size - columns[0])
     out[..., : rows[0], :] = 0  # only the border the image does not cover
     out[..., rows[1] :, :] = 0
     out[..., rows[0] : rows[1], : columns[0]] = 0
     out[..., rows[0] : rows[1], columns[1] :] = 0
-    out[..., rows[0] : rows[1], columns[0] : columns[1]].copy_(source)
+    np.copyto(out[..., rows[0] : rows[1], columns[0] : columns[1]], source)
 
 
-def _coloured(frames: torch.Tensor, strength: float, rng: random.Random, uint8: bool):
-    """Frames [T, 3, S, S] with values 0..255 (float, or uint8 when there is no jitter) ->
-    colour-jittered float in [0, 1], or uint8 with `uint8` (rounded), in place where it can.
+class _FrameBuffers:
+    """The float buffers of the colour jitter, kept from clip to clip (fresh ones for every
+    clip cost the allocator a page fault per 4 KiB: more than the jitter itself)."""
+
+    def __init__(self) -> None:
+        self.pixels, self.grey = torch.empty(3, 0), torch.empty(1, 0)
+
+    def get(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffers for `count` pixels: [3, count] and [1, count] float32."""
+        if self.pixels.shape[1] != count:
+            self.pixels, self.grey = torch.empty(3, count), torch.empty(1, count)
+        return self.pixels, self.grey
+
+
+def _coloured(
+    crops: torch.Tensor,
+    strength: float,
+    rng: random.Random,
+    uint8: bool,
+    buffers: _FrameBuffers | None = None,
+) -> torch.Tensor:
+    """uint8 frames [T, 3, S, S] -> colour-jittered float in [0, 1], or uint8 with `uint8`
+    (rounded; the crops themselves, overwritten). `buffers`: kept for the next call.
 
     Brightness b, contrast c and saturation s are drawn from U(1 - strength, 1 + strength) and
     applied in that order. All three are linear: b scales; c blends with the clip's mean grey
     m; s blends each pixel x with its own grey g = w . x. Composed:
     out = c b s x + c b (1 - s) g + (1 - c) b m, with one grey plane per frame.
     """
-    if frames.dtype == torch.uint8:
-        return frames
-    count, _, height, width = frames.shape
+    if strength <= 0:
+        return crops if uint8 else crops.float().div_(255.0)
     top = 255.0 if uint8 else 1.0
-    if strength > 0:
-        brightness, contrast, saturation = (
-            rng.uniform(1 - strength, 1 + strength) for _ in range(3)
-        )
-        weights = torch.tensor([GREY])
-        mean_grey = float((frames[:, :, ::8, ::8].mean((0, 2, 3)) * weights[0]).sum())
-        scale = contrast * brightness * top / 255.0
-        rounding = 0.5 if uint8 else 0.0
-        pixels = frames.view(count, 3, height * width)
-        grey = torch.matmul(weights, pixels)  # [T, 1, H*W]
-        grey.mul_(scale * (1 - saturation)).add_(
-            (1 - contrast) * brightness * mean_grey * top / 255.0 + rounding
-        )
-        torch.add(grey, pixels, alpha=scale * saturation, out=pixels)  # one pass
-    elif not uint8:
-        frames.div_(255.0)
-    frames.clamp_(0.0, top)
-    return frames.to(torch.uint8) if uint8 else frames
+    brightness, contrast, saturation = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    weights = torch.tensor([GREY])
+    # the mean of integers: its float32 sum is exact (below 2^24), so the same in any order
+    mean_grey = float((crops[:, :, ::8, ::8].float().mean((0, 2, 3)) * weights[0]).sum())
+    scale = contrast * brightness * top / 255.0
+    offset = (1 - contrast) * brightness * mean_grey * top / 255.0 + (0.5 if uint8 else 0.0)
+    count, _, height, width = crops.shape
+    out = crops if uint8 else torch.empty(crops.shape, dtype=torch.float32)
+    frames, results = crops.view(count, 3, -1), out.view(count, 3, -1)
+    step = _chunk(height * width)
+    pixels, grey = (buffers or _FrameBuffers()).get(step)
+    for t, start in itertools.product(range(count), range(0, height * width, step)):
+        piece = frames[t, :, start : start + step]
+        x, g = pixels[:, : piece.shape[1]], grey[:, : piece.shape[1]]
+        x.copy_(piece)
+        torch.mm(weights, x, out=g)
+        g.mul_(scale * (1 - saturation)).add_(offset)
+        result = x if uint8 else results[t, :, start : start + step]
+        torch.add(g, x, alpha=scale * saturation, out=result).clamp_(0.0, top)
+        if uint8:  # numpy's float -> uint8 copy is several times faster than torch's
+            np.copyto(piece.numpy(), x.numpy(), casting="unsafe")
+    return out
+
+
+def _chunk(pixels: int) -> int:
+    """Pixels per step of the colour jitter: equal parts of a frame of at most CHUNK_PIXELS,
+    whose float working set stays in the CPU's L2 cache (a whole 384 px frame would not)."""
+    parts = -(-pixels // CHUNK_PIXELS)
+    return -(-pixels // parts)
 
 
 def _first_frame_objects(
     masks: torch.Tensor, max_objects: int, rng: random.Random
 ) -> tuple[torch.Tensor, int]:
     """uint8 labels where the objects of frame 0 (at most `max_objects`, a random choice when
-    there are more) are 1..K in id order and everything else is 0; and K."""
-    counts = np.bincount(masks[0].numpy().ravel(), minlength=256)
-    present = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+    there are more) are 1..K in id order and everything else is 0 (`masks`, relabelled in
+    place); and K."""
+    values = masks.numpy()
+    present = _ids_in(values[0])
     if len(present) > max_objects:
         present = sorted(rng.sample(present, max_objects))
-    if present == list(range(1, len(present) + 1)) and int(masks.max()) <= len(present):
+    if present == list(range(1, len(present) + 1)) and int(values.max()) <= len(present):
         return masks, len(present)  # ids already 1..K (the common case)
     lookup = np.zeros(256, dtype=np.uint8)
     lookup[present] = np.arange(1, len(present) + 1)
-    return torch.from_numpy(np.take(lookup, masks.numpy())), len(present)  # 6x torch indexing
+    np.take(lookup, values, out=values)  # 6x torch indexing; numpy buffers an `out` it reads
+    return masks, len(present)
+
+
+def _ids_in(mask: np.ndarray) -> list[int]:
+    """The object ids (non-zero values) in a uint8 mask, ascending."""
+    highest = int(mask.max())
+    if highest > FEW_IDS:  # then one histogram is cheaper than a pass per id
+        return [int(v) for v in np.flatnonzero(np.bincount(mask.ravel())[1:]) + 1]
+    return [value for value in range(1, highest + 1) if (mask == value).any()]

@@ -4,12 +4,13 @@ within the curriculum's limit counted in raw frames, and online augmentation."""
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
 import webdataset as wds
 
-from datagen.reader import NO_AUGMENT, Augment, ClipStream, read_manifest
+from datagen.reader import GREY, NO_AUGMENT, Augment, ClipStream, _coloured, read_manifest
 from datagen.sources import procedural_image_sources
 from datagen.synthesis import ClipSettings
 from tests.datagen.conftest import build_set
@@ -142,3 +143,35 @@ def test_flip_and_crop_jitter_move_frames_and_masks_together(image_set):
             assert match, (key, t)
             flips += match[0][2]
     assert 0 < flips < 3 * len(jittered)
+
+
+def _jitter_in_steps(frames: torch.Tensor, strength: float, rng: random.Random) -> torch.Tensor:
+    """The colour jitter as its definition reads (float64, values 0..255): brightness, then
+    contrast against the clip's mean grey (on the reader's 8 px grid), then saturation against
+    each pixel's own grey, clamped at the end."""
+    brightness, contrast, saturation = (rng.uniform(1 - strength, 1 + strength) for _ in range(3))
+    weights = torch.tensor(GREY, dtype=torch.float64).view(1, 3, 1, 1)
+    x = frames.double() * brightness
+    mean_grey = float((x[:, :, ::8, ::8].mean((0, 2, 3)) * weights.view(3)).sum())
+    x = contrast * x + (1 - contrast) * mean_grey
+    x = saturation * x + (1 - saturation) * (x * weights).sum(1, keepdim=True)
+    return x.clamp(0, 255)
+
+
+def test_the_one_pass_colour_jitter_is_brightness_then_contrast_then_saturation():
+    generator = torch.Generator().manual_seed(0)
+    for size in (48, 200):  # one step per frame, and several (reader.CHUNK_PIXELS)
+        crops = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=generator)
+        crops[:, :, :6] = 250  # some pixels beyond 255 once brightened
+        for seed in range(4):
+            expected = _jitter_in_steps(crops, 0.4, random.Random(seed))
+            floats = _coloured(crops.clone(), 0.4, random.Random(seed), uint8=False)
+            assert floats.dtype == torch.float32
+            assert torch.allclose(floats.double() * 255, expected, atol=1e-3)
+            as_uint8 = _coloured(crops.clone(), 0.4, random.Random(seed), uint8=True)
+            assert as_uint8.dtype == torch.uint8
+            error = (as_uint8.double() - expected).abs()
+            assert error.max() <= 0.5 + 1e-3  # rounded to the nearest level
+    plain = crops.clone()
+    assert _coloured(plain, 0.0, random.Random(0), uint8=True) is plain  # no jitter: as cropped
+    assert torch.equal(_coloured(plain, 0.0, random.Random(0), uint8=False), plain.float() / 255)

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
-from datagen.reader import ClipStream, ManifestError, read_manifest
+from datagen.reader import Augment, ClipStream, ManifestError, collate_clips, read_manifest
 from datagen.sources import procedural_image_sources
 from datagen.synthesis import ClipSettings
 from tests.datagen.conftest import build_set
@@ -150,3 +150,43 @@ def test_weighted_mixing_of_two_sets(image_set, video_set):
     assert sorted(_keys(pooled)) == sorted(f"0/{k}" for k in _keys(ClipStream(image_set))) + sorted(
         f"1/{k}" for k in _keys(ClipStream(video_set))
     )
+
+
+def _batches(stream: ClipStream, workers: int, batch_size: int | None = None) -> list[dict]:
+    """The epoch's batches of 5: through collate_clips with `batch_size` given to the
+    dataset, else as the DataLoader collates by default."""
+    if batch_size is None:
+        loader = DataLoader(stream.dataset(1), batch_size=5, num_workers=workers)
+    else:
+        loader = DataLoader(
+            stream.dataset(1, batch_size),
+            batch_size=5,
+            num_workers=workers,
+            collate_fn=collate_clips,
+        )
+    return list(loader)
+
+
+def test_batches_written_in_one_block_are_the_default_batches_without_a_copy(image_set):
+    stream = ClipStream(image_set, seed=4, augment=Augment(), uint8=True, max_objects=2)
+    for workers in (0, 2):
+        expected, blocks = _batches(stream, workers), _batches(stream, workers, batch_size=5)
+        assert [len(b["key"]) for b in blocks] == [len(b["key"]) for b in expected]
+        assert sum(len(b["key"]) for b in blocks) == 23  # short batches too
+        for block, batch in zip(blocks, expected, strict=True):
+            assert block.keys() == batch.keys()
+            assert block["key"] == batch["key"] and block["clip"] == batch["clip"]
+            for name in ("frames", "labels", "num_objects"):
+                assert block[name].dtype == batch[name].dtype, name
+                assert torch.equal(block[name], batch[name]), name
+            storage = block["frames"].untyped_storage().data_ptr()  # one block, not copies
+            assert block["labels"].untyped_storage().data_ptr() == storage
+
+
+def test_collate_clips_copies_samples_that_are_not_in_one_block(image_set):
+    samples = list(ClipStream(image_set, uint8=True).dataset(0))[:4]
+    batch, expected = collate_clips(samples), default_collate(samples)
+    assert torch.equal(batch["frames"], expected["frames"])
+    assert torch.equal(batch["num_objects"], expected["num_objects"])
+    assert batch["key"] == expected["key"]
+    assert batch["frames"].untyped_storage().data_ptr() != samples[0]["frames"].data_ptr()
