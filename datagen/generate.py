@@ -109,6 +109,13 @@ class ClipsSection(StrictModel):
     min_visible: float = Field(0.5, ge=0, le=1)  # fraction of the object that stays in view
     max_attempts: int = Field(20, gt=0)
     jpeg_quality: int = Field(90, ge=50, le=100)
+    # images: regions of background added to each image as objects to follow, each one of its
+    # object masks moved elsewhere (`datagen.synthesis.add_background_regions`)
+    background_regions: int = Field(0, ge=0, le=8)
+    # images: scale every image to a shorter side of `size` before the warps (a crop then
+    # shows about the whole image, as inference at the training size sees a frame); False:
+    # only images smaller than that are enlarged (the papers' 384 px crops of ~400 px images)
+    fit_source: bool = False
 
 
 class AugmentationSection(StrictModel):
@@ -161,6 +168,16 @@ class GenerateConfig(StrictModel):
 
     @model_validator(mode="after")
     def _augmentation_for_kind(self):
+        if self.source.is_video and self.clips.background_regions:
+            raise ValueError(
+                "clips.background_regions is for image sources: a video's frames are not one"
+                " warped image, so a moved mask would not follow the background it covers"
+            )
+        if self.source.is_video and self.clips.fit_source:
+            raise ValueError(
+                "clips.fit_source is for image sources: video windows are always stored at"
+                " a shorter side of (1 + clips.window_margin) x clips.size"
+            )
         if self.augmentation is None:
             defaults = VIDEO_SETTINGS if self.source.is_video else ClipSettings()
             self.augmentation = AugmentationSection(
@@ -182,6 +199,9 @@ class GenerateConfig(StrictModel):
         if not self.source.is_video:  # unchanged by the video options: image sets keep their hash
             for name in ("window_stride", "window_margin"):
                 data["clips"].pop(name)
+        for name in ("background_regions", "fit_source"):  # sets made without keep their hash
+            if not data["clips"][name]:
+                data["clips"].pop(name)
         return data
 
     def clip_settings(self) -> ClipSettings:
@@ -199,6 +219,8 @@ class GenerateConfig(StrictModel):
             max_skip=clips.max_skip,
             window_stride=clips.window_stride,
             window_margin=clips.window_margin,
+            background_regions=clips.background_regions if not self.source.is_video else 0,
+            fit_source=clips.fit_source,
         )
 
 

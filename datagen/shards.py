@@ -48,6 +48,7 @@ from datagen.synthesis import (
     PreparedFrames,
     SynthesisFailed,
     VideoWindow,
+    add_background_regions,
     make_video_window,
     prepare_image,
     synthesize_image_clip,
@@ -151,6 +152,11 @@ def _verified_record(spec: ShardSpec, output_url: str) -> tuple[dict | None, boo
     return (record if same else None), True
 
 
+def _stable_seed(source_id: str) -> int:
+    """A seed of a source's own (its background regions are the same in every shard)."""
+    return int.from_bytes(hashlib.sha256(source_id.encode()).digest()[:8], "little")
+
+
 class _Sources:
     """Decoded sources of one shard task: each image decoded once for all its clips, and the
     last video frames kept (consecutive clips of a video share frames)."""
@@ -165,7 +171,12 @@ class _Sources:
         if self.last_image is None or self.last_image[0] != source.source_id:
             try:
                 image, labels = source.load()
-                value: PreparedFrames | BadInput = prepare_image(image, labels, self.settings.size)
+                labels = add_background_regions(
+                    labels, self.settings.background_regions, _stable_seed(source.source_id)
+                )
+                value: PreparedFrames | BadInput = prepare_image(
+                    image, labels, self.settings.size, self.settings.fit_source
+                )
             except BadInput as bad:
                 value = bad
             self.last_image = (source.source_id, value)

@@ -9,7 +9,8 @@ output backwards to the source:
     x   = centre + R(-theta) (o + (p' + 1) S / 2 - canvas / 2) / (r0 s)
                                          crop offset o inside the rotated, scaled canvas,
                                          rotation theta, scale s, base resize r0 (sources
-                                         with a short side under S are enlarged first)
+                                         with a short side under S are enlarged first;
+                                         with `fit_source` every source is scaled to S)
 
 The map is evaluated on a coarse G x G grid and upsampled bilinearly to S x S (the affine
 part is linear, so that is exact for it; the spline is smooth). Image and mask are sampled
@@ -64,6 +65,7 @@ __all__ = [
     "PreparedFrames",
     "SynthesisFailed",
     "VideoWindow",
+    "add_background_regions",
     "choose_video_frames",
     "clip_generator",
     "draw_window_frames",
@@ -102,6 +104,8 @@ class ClipSettings:
     max_skip: int = 25  # video: largest gap between a clip's frames (windows: in raw frames)
     window_stride: int | None = None  # video: raw frames between window starts (None: max_skip)
     window_margin: float = 0.15  # video: windows' shorter side is (1 + margin) x size
+    background_regions: int = 0  # images: background regions added as objects to follow
+    fit_source: bool = False  # scale every source to a shorter side of `size` (else enlarge only)
 
 
 VIDEO_SETTINGS = ClipSettings(rotation=(-10.0, 10.0), scale=(0.9, 1.1), tps_strength=0.0)
@@ -202,6 +206,14 @@ def _crop_offsets(
     return torch.where(room >= 0, offset, room / 2)
 
 
+def _base_scale(settings: ClipSettings, height: int, width: int) -> float:
+    """r0: sources with a shorter side under the clip size are enlarged to it; with
+    `fit_source` every source is scaled to it, so that a crop sees about the whole frame, as
+    a model running at its training size sees a video (`VideoSegmenter`'s internal size)."""
+    fit = settings.size / min(height, width)
+    return fit if settings.fit_source else max(1.0, fit)
+
+
 def _coarse_map(
     params: FrameParams,
     source_hw: tuple[int, int],
@@ -223,7 +235,7 @@ def _coarse_map(
         kernel_weights, affine_weights = get_tps_transform(control, moved)
         points = warp_points_tps(points, moved, kernel_weights, affine_weights)
 
-    base = max(1.0, size / min(height, width))
+    base = _base_scale(settings, height, width)
     total_scale = (base * params.scale)[:, None]  # [B, 1]
     rotation = angle_to_rotation_matrix(params.rotation)  # R(theta), [B, 2, 2]
     cos, sin = rotation[:, 0, 0].abs(), rotation[:, 0, 1].abs()
@@ -302,10 +314,40 @@ def _centroid(labels: np.ndarray) -> tuple[float, float]:
     return x, y
 
 
-def prepare_frames(images: list[np.ndarray], labels: list[np.ndarray], size: int) -> PreparedFrames:
-    """uint8 [H, W, 3] images and uint8 [H, W] labels -> `PreparedFrames` for output `size`."""
+def add_background_regions(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """uint8 labels [H, W] with up to `count` more objects that are only background: each is
+    one of the image's object masks moved to a random place, keeping the background pixels
+    it covers (at least half of the mask, else it is drawn again, 10 times at most).
+
+    Warped with the image, such a region is a target that only its mask names (texture, not
+    an object), so a model trained on it must follow the mask it is given: moving a
+    first-frame mask onto the background must move the prediction.
+    """
+    objects = _objects(labels)
+    if count <= 0 or not objects:
+        return labels
+    rng = np.random.default_rng(seed & 0x7FFF_FFFF_FFFF_FFFF)
+    out, height, width = labels.copy(), *labels.shape
+    for new_id in range(max(objects) + 1, min(max(objects) + 1 + count, 256)):
+        for _ in range(10):
+            ys, xs = np.nonzero(labels == objects[rng.integers(len(objects))])
+            dy = rng.integers(-ys.min(), height - ys.max())  # the moved mask stays in the image
+            dx = rng.integers(-xs.min(), width - xs.max())
+            moved_ys, moved_xs = ys + dy, xs + dx
+            free = out[moved_ys, moved_xs] == 0
+            if (dy or dx) and free.sum() >= max(0.5 * len(ys), 0.005 * height * width):
+                out[moved_ys[free], moved_xs[free]] = new_id
+                break
+    return out
+
+
+def prepare_frames(
+    images: list[np.ndarray], labels: list[np.ndarray], size: int, fit: bool = False
+) -> PreparedFrames:
+    """uint8 [H, W, 3] images and uint8 [H, W] labels -> `PreparedFrames` for output `size`
+    (with `fit`, for sources that will be scaled to a shorter side of `size`)."""
     height, width = images[0].shape[:2]
-    reduced = [_reduce(image, mask, size) for image, mask in zip(images, labels, strict=True)]
+    reduced = [_reduce(image, mask, size, fit) for image, mask in zip(images, labels, strict=True)]
     small_height, small_width = reduced[0][1].shape
     image_t = torch.empty(len(reduced), 3, small_height, small_width)
     mask_t = torch.empty(len(reduced), 1, small_height, small_width)
@@ -329,8 +371,10 @@ def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def prepare_image(image: np.ndarray, labels: np.ndarray, size: int) -> PreparedFrames:
-    return prepare_frames([image], [labels], size)
+def prepare_image(
+    image: np.ndarray, labels: np.ndarray, size: int, fit: bool = False
+) -> PreparedFrames:
+    return prepare_frames([image], [labels], size, fit)
 
 
 def _select(
@@ -372,7 +416,7 @@ def _warp(
     """
     count, size = settings.num_frames, settings.size
     _, _, height, width = prepared.images.shape
-    base = max(1.0, size / min(height, width))
+    base = _base_scale(settings, height, width)
     params = _draw(generator, count, settings, shared_crop)
     check_scale = (CHECK_RESOLUTION / size) ** 2
     accepted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame -> (coarse map, crop)
@@ -414,9 +458,13 @@ def _warp(
     return frames_u8, labels_u8, params, offsets, attempts
 
 
-def _reduce(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Shrink very large sources by an integer factor (box filter) so sampling does not alias."""
-    factor = min(image.shape[:2]) // (2 * size)
+def _reduce(
+    image: np.ndarray, labels: np.ndarray, size: int, fit: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Shrink very large sources by an integer factor (box filter) so sampling does not alias:
+    to a shorter side of at least 2 x size, or with `fit` (the warp then shrinks it to
+    `size`) at least size."""
+    factor = min(image.shape[:2]) // (size if fit else 2 * size)
     if factor < 2:
         return image, labels, 1
     small = np.asarray(Image.fromarray(image).reduce(factor))

@@ -221,3 +221,24 @@ def test_a_missing_source_folder_is_one_line(capsys, tmp_path):
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error == f"source.path {tmp_path / 'nowhere'}: no such folder"
+
+
+@pytest.mark.parametrize(("option", "value"), [("background_regions", 1), ("fit_source", True)])
+def test_image_only_clip_options_are_outside_old_hashes(capsys, tmp_path, option, value):
+    """clips.background_regions and clips.fit_source reach the clip settings and the set's
+    hash (a set made without them keeps its hash); a video source refuses them in one line."""
+    base = ["source.kind=procedural_images", "source.procedural.count=2", f"output.url={tmp_path}"]
+    plain = load_config(GenerateConfig, overrides=base)
+    changed = load_config(GenerateConfig, overrides=[*base, f"clips.{option}={value}"])
+    assert option not in plain.content()["clips"]
+    assert config_hash(changed.content()) != config_hash(plain.content())
+    assert getattr(changed.clip_settings(), option) == value
+
+    videos = [
+        "source.kind=procedural_videos",
+        "source.procedural.count=2",
+        f"output.url={tmp_path}",
+    ]
+    assert main([*videos, f"clips.{option}={value}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and f"clips.{option} is for image sources" in error

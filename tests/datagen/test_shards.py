@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -116,3 +117,15 @@ def test_video_window_shards_are_byte_identical_and_read_back_checked(tmp_path):
         frames = json.loads(sample["json"])["frame_indices"]
         assert len(frames) == 5 and frames == list(range(frames[0], frames[0] + 5))
         assert {f"f{t}.jpg" for t in range(5)} | {f"m{t}.png" for t in range(5)} <= set(sample)
+
+
+def test_background_regions_become_objects_of_the_clips(tmp_path, tiny_settings):
+    """Each image's background region (the same in every shard) is one more object."""
+    with_regions = dataclasses.replace(tiny_settings, background_regions=1)
+    plain = build_shard(_spec(0, tiny_settings), str(tmp_path / "plain"))
+    regions = build_shard(_spec(0, with_regions), str(tmp_path / "regions"))
+    again = build_shard(_spec(0, with_regions), str(tmp_path / "again"))
+    assert regions.record["sha256"] == again.record["sha256"] != plain.record["sha256"]
+    samples = wds.WebDataset(str(tmp_path / "regions" / "shard-000000.tar"), shardshuffle=False)
+    objects = [json.loads(sample["json"])["objects"] for sample in samples]
+    assert sum(clip_objects == [1, 2] for clip_objects in objects) >= 2, objects

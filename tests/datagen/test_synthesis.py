@@ -14,6 +14,7 @@ from datagen.synthesis import (
     ClipSettings,
     FrameParams,
     SynthesisFailed,
+    add_background_regions,
     prepare_image,
     sampling_grids,
     synthesize_image_clip,
@@ -173,3 +174,57 @@ def test_video_clips_are_ordered_with_gaps_up_to_max_skip(youtube_folder):
         assert clip.labels[0].any()  # frame 0 shows an object
         skips.add(clip.record["skip"])
     assert skips == {1, 2, 3}
+
+
+def _one_rectangle(height: int = 120, width: int = 160) -> np.ndarray:
+    labels = np.zeros((height, width), np.uint8)
+    labels[40:60, 50:80] = 1  # a 20 x 30 object
+    return labels
+
+
+def test_background_regions_are_moved_object_masks_on_background_only():
+    labels = _one_rectangle()
+    regions = add_background_regions(labels, 2, seed=7)
+    assert np.array_equal(regions[labels > 0], labels[labels > 0])  # objects are kept
+    assert sorted(np.unique(regions).tolist()) == [0, 1, 2, 3]
+    for region_id in (2, 3):
+        ys, xs = np.nonzero(regions == region_id)
+        assert (labels[ys, xs] == 0).all()  # only background
+        assert ys.max() - ys.min() < 20 and xs.max() - xs.min() < 30  # inside a moved copy
+        assert len(ys) >= 0.5 * 20 * 30
+    assert np.array_equal(add_background_regions(labels, 2, seed=7), regions)
+    assert not np.array_equal(add_background_regions(labels, 2, seed=8), regions)
+    assert add_background_regions(labels, 0, seed=7) is labels
+    empty = np.zeros_like(labels)
+    assert add_background_regions(empty, 2, seed=7) is empty  # nothing to move
+
+
+def test_image_clips_carry_their_background_regions_warped_with_the_image():
+    """A region is one more object of the clip, warped like the pixels under it."""
+    labels = add_background_regions(_one_rectangle(), 1, seed=3)
+    image = np.full((*labels.shape, 3), 128, np.uint8)
+    image[labels == 2] = (0, 0, 255)  # the background the region covers, painted blue
+    settings = ClipSettings(size=64)
+    clip = synthesize_image_clip(prepare_image(image, labels, 64), settings, seed=5)
+    assert clip.record["objects"] == [1, 2]
+    blue = (clip.frames[:, 2] > 200) & (clip.frames[:, 0] < 60)
+    for t in range(3):
+        assert _iou(blue[t], clip.labels[t] == 2) > 0.9, f"frame {t}"
+
+
+@pytest.mark.parametrize(("height", "width", "side"), [(480, 640, 100), (240, 427, 50)])
+def test_fit_source_scales_every_source_to_the_clip_size(height, width, side):
+    """With fit_source a crop shows the whole height of the source (an object of side s in
+    a source of shorter side H appears s * size / H px wide); without, a large source is cut."""
+    labels = np.zeros((height, width), np.uint8)
+    top, left = height // 2 - side // 2, width // 2 - side // 2
+    labels[top : top + side, left : left + side] = 1
+    image = np.zeros((height, width, 3), np.uint8)
+    straight = dict(size=96, rotation=(0.0, 0.0), scale=(1.0, 1.0), tps_strength=0.0)
+    fitted = ClipSettings(**straight, fit_source=True)
+    clip = synthesize_image_clip(prepare_image(image, labels, 96, fit=True), fitted, seed=1)
+    expected_side = side * 96 / height
+    for t in range(3):
+        assert (clip.labels[t] > 0).sum() == pytest.approx(expected_side**2, rel=0.15)
+    cut = synthesize_image_clip(prepare_image(image, labels, 96), ClipSettings(**straight), seed=1)
+    assert (cut.labels[0] > 0).sum() > 2 * expected_side**2
