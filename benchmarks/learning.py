@@ -8,7 +8,9 @@ MLflow store under the work folder (or MLFLOW_TRACKING_URI):
 
 1. generate (one set each, shared by both models): synthetic clips from real images with
    several objects (`coco128-masks`, and frames of `davis2016-train` used as still images),
-   procedural scenes with look-alike, background-coloured and crossing distractors
+   each image scaled to the clip size (`clips.fit_source`: a crop shows about the whole
+   frame, at the scale the model will see videos) and given a region of background as one
+   more object (`clips.background_regions`: a target only its mask names), procedural scenes with look-alike, background-coloured and crossing distractors
    (style `distractors`), procedural videos of two look-alikes in lanes of their own (style
    `lookalike_lanes`), and windows of the `davis2016-train` videos;
 2. pretrain each model on the image sets and the look-alike videos (Adam 3e-4, batch norm
@@ -66,9 +68,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(SHARED), help="the shared data folder")
     parser.add_argument("--size", type=int, default=96, help="clip size (px) of training")
     parser.add_argument("--clips-per-image", type=int, default=24, help="COCO clips per image")
-    parser.add_argument("--lookalikes", type=int, default=1500, help="procedural look-alike scenes")
     parser.add_argument(
-        "--lookalike-videos", type=int, default=300, help="procedural look-alike videos"
+        "--background-regions", type=int, default=1, help="moved masks added to each image"
+    )
+    parser.add_argument(
+        "--fit-source",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale real images to the clip size (a crop shows the whole frame)",
+    )
+    parser.add_argument(
+        "--lookalikes", type=int, default=1500, help="procedural look-alike scenes (0: none)"
+    )
+    parser.add_argument(
+        "--lookalike-videos", type=int, default=300, help="procedural look-alike videos (0: none)"
     )
     parser.add_argument("--pretrain-steps", type=int, default=900)
     parser.add_argument("--finetune-steps", type=int, default=400)
@@ -90,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+PRETRAIN_SETS = ("coco", "davis-frames", "look-alikes", "look-alike-videos")  # equal weights
+FINETUNE_SETS = {"davis-videos": 3.0, "look-alike-videos": 1.0}  # set: weight
+
+
 # -- 1. the training data ---------------------------------------------------------------------
 
 
@@ -97,16 +114,21 @@ def shard_sets(args: argparse.Namespace, out: Path) -> dict[str, str]:
     """Generate the five sets; returns their manifest URLs by name."""
     data, size = Path(args.data), args.size
     image_clips = [f"clips.size={size}", "clips.clips_per_shard=64"]
+    real_images = [
+        *image_clips,
+        f"clips.background_regions={args.background_regions}",
+        f"clips.fit_source={str(args.fit_source).lower()}",
+    ]
     sets = {
         "coco": ("generate_images.yaml", [
             "source.kind=images", f"source.path={data / 'coco128-masks'}",
             "source.image_dir=images", "source.mask_dir=masks",
-            f"clips.clips_per_source={args.clips_per_image}", *image_clips,
+            f"clips.clips_per_source={args.clips_per_image}", *real_images,
         ]),
         "davis-frames": ("generate_images.yaml", [
             "source.kind=images", f"source.path={data / 'davis2016-train'}",
             "source.image_dir=JPEGImages/240p", "source.mask_dir=Annotations/240p",
-            f"clips.clips_per_source={max(1, args.clips_per_image // 12)}", *image_clips,
+            f"clips.clips_per_source={max(1, args.clips_per_image // 12)}", *real_images,
         ]),
         "look-alikes": ("generate_demo.yaml", [
             f"source.procedural.count={args.lookalikes}", "source.procedural.num_objects=3",
@@ -126,6 +148,10 @@ def shard_sets(args: argparse.Namespace, out: Path) -> dict[str, str]:
             "clips.clips_per_shard=16",
         ]),
     }  # fmt: skip
+    if not args.lookalikes:
+        del sets["look-alikes"]
+    if not args.lookalike_videos:
+        del sets["look-alike-videos"]
     manifests = {}
     for name, (config_file, overrides) in sets.items():
         config = load_config(
@@ -153,8 +179,9 @@ def train(
         *tracking,
     ]
     schedule = ["train.lr_schedule=cosine", f"train.warmup_steps={args.warmup_steps}"]
-    lookalike_videos = manifests["look-alike-videos"]
-    images = [manifests["coco"], manifests["davis-frames"], manifests["look-alikes"]]
+    pretrain_sets = [manifests[name] for name in PRETRAIN_SETS if name in manifests]
+    finetune_sets = [manifests[name] for name in FINETUNE_SETS if name in manifests]
+    finetune_weights = [FINETUNE_SETS[name] for name in FINETUNE_SETS if name in manifests]
     pretrained = run_training(
         load_config(
             PretrainConfig,
@@ -162,8 +189,8 @@ def train(
             [
                 *common,
                 f"run.name=learning-{model}-pretrain-{out.name}",
-                f"data.manifests=[{','.join([*images, lookalike_videos])}]",
-                "data.weights=[1.0,1.0,1.0,1.0]",
+                f"data.manifests=[{','.join(pretrain_sets)}]",
+                f"data.weights=[{','.join(['1.0'] * len(pretrain_sets))}]",
                 "train.epochs=1000",
                 f"train.max_steps={args.pretrain_steps}",
                 f"train.lr={args.pretrain_lr}",
@@ -179,8 +206,8 @@ def train(
                 *common,
                 f"run.name=learning-{model}-finetune-{out.name}",
                 f"init.model_uri={pretrained.checkpoint}",
-                f"data.manifests=[{manifests['davis-videos']},{lookalike_videos}]",
-                "data.weights=[3.0,1.0]",
+                f"data.manifests=[{','.join(finetune_sets)}]",
+                f"data.weights=[{','.join(str(weight) for weight in finetune_weights)}]",
                 "train.epochs=1000",
                 f"train.max_steps={args.finetune_steps}",
                 *schedule,
