@@ -10,8 +10,9 @@ MLflow store under the work folder (or MLFLOW_TRACKING_URI):
    several objects (`coco128-masks`, and frames of `davis2016-train` used as still images),
    each image scaled to the clip size (`clips.fit_source`: a crop shows about the whole
    frame, at the scale the model will see videos) and given a region of background as one
-   more object (`clips.background_regions`: a target only its mask names), procedural scenes with look-alike, background-coloured and crossing distractors
-   (style `distractors`), procedural videos of two look-alikes in lanes of their own (style
+   more object (`clips.background_regions`: a target only its mask names); procedural
+   scenes with look-alike, background-coloured and crossing distractors (style
+   `distractors`), procedural videos of two look-alikes in lanes of their own (style
    `lookalike_lanes`), and windows of the `davis2016-train` videos;
 2. pretrain each model on the image sets and the look-alike videos (Adam 3e-4, batch norm
    learning: at 1e-3 `gvos_scm` learns the saliency shortcut and ignores its mask), then

@@ -219,7 +219,7 @@ class GenerateConfig(StrictModel):
             max_skip=clips.max_skip,
             window_stride=clips.window_stride,
             window_margin=clips.window_margin,
-            background_regions=clips.background_regions if not self.source.is_video else 0,
+            background_regions=clips.background_regions,  # 0 for videos (validated)
             fit_source=clips.fit_source,
         )
 
