@@ -36,15 +36,24 @@ _COMMON = {
 
 # Options only some models have.
 _SPECIFIC = {
-    "gc": {"tiny": {}, "full": {}},
+    # GC memory rule: the first frame's share of the global context (None: the paper's
+    # running mean over all frames; see models.memory.GlobalContextMemory).
+    "gc": {"tiny": {"first_frame_weight": None}, "full": {"first_frame_weight": None}},
     # STM memory rule: first frame + previous frame + every `memory_every`-th frame.
     "stm": {"tiny": {"memory_every": 5}, "full": {"memory_every": 5}},
-    # GVOS-SCM: ASPP after context distribution, boundary-aware residual refinement.
+    # GVOS-SCM: ASPP after context distribution, boundary-aware residual refinement; the
+    # GC memory rule as `gc`.
     "gvos_scm": {
-        "tiny": {"aspp_channels": 64, "aspp_rates": [2, 4, 6], "refine_channels": 16},
-        "full": {"aspp_channels": 256, "aspp_rates": [6, 12, 18], "refine_channels": 64},
+        "tiny": {
+            "aspp_channels": 64, "aspp_rates": [2, 4, 6], "refine_channels": 16,
+            "first_frame_weight": None,
+        },
+        "full": {
+            "aspp_channels": 256, "aspp_rates": [6, 12, 18], "refine_channels": 64,
+            "first_frame_weight": None,
+        },
     },
-}
+}  # fmt: skip
 
 # Options every model has that saved models may lack: (default of a new model, value that
 # rebuilds a model saved before the option existed).
@@ -112,6 +121,11 @@ def _check(config: dict) -> None:
         raise ValueError(
             f"other_objects_mask must be true or false, got {config['other_objects_mask']!r}"
         )
+    weight = config.get("first_frame_weight")
+    if weight is not None and not (
+        isinstance(weight, int | float) and not isinstance(weight, bool) and 0 < weight <= 1
+    ):
+        raise ValueError(f"first_frame_weight must be a number in (0, 1] or None, got {weight!r}")
     train_size = config["train_size"]
     if train_size is not None and not _positive_int(train_size):
         raise ValueError(f"train_size must be a positive integer (px) or None, got {train_size!r}")

@@ -72,26 +72,52 @@ def _positions_last(x: Tensor) -> Tensor:
 
 
 class GlobalContextMemory:
-    """GC state: the running mean G of the frames' contexts, one [C_N, C_M] matrix per object."""
+    """GC state: the running mean G of the frames' contexts, one [C_N, C_M] matrix per object.
 
-    def __init__(self, key: Tensor, value: Tensor, softmax: bool = True):
+    `first_frame_weight` w (None: the paper's plain mean) keeps the given first frame's
+    share of G fixed instead of letting it fade as 1/t:
+
+        G_t = w C_0 + (1 - w) mean(C_1 .. C_t)
+
+    A 3-frame training clip reads G = (C_0 + C_1) / 2, so w = 0.5 shows the model at every
+    frame the mix it was trained on; with the plain mean, frame 0 is 1/t of G on frame t.
+    The state is then G and C_0.
+    """
+
+    def __init__(
+        self,
+        key: Tensor,
+        value: Tensor,
+        softmax: bool = True,
+        first_frame_weight: float | None = None,
+    ):
         self.softmax = softmax
+        self.first_frame_weight = first_frame_weight
         # Kept in float32 even under bf16 autocast: a running mean over thousands of
         # frames would otherwise lose the new frames' contribution to rounding.
         self.context = extract_context(key, value, softmax).float()
+        self.first_context = self.context if first_frame_weight is not None else None
         self.num_frames = 1
 
     def write(self, key: Tensor, value: Tensor) -> None:
-        """G_t = (t-1)/t G_{t-1} + 1/t C_t."""
+        """G_t = (t-1)/t G_{t-1} + 1/t C_t, or the same mean over frames 1..t beside C_0."""
         self.num_frames += 1
         frame_context = extract_context(key, value, self.softmax).float()
-        self.context = self.context + (frame_context - self.context) / self.num_frames
+        weight = self.first_frame_weight
+        if weight is None:
+            self.context = self.context + (frame_context - self.context) / self.num_frames
+            return
+        # later = mean(C_1 .. C_{t-1}) = (G_{t-1} - w C_0) / (1 - w); step it to C_t.
+        later_share = self.context - weight * self.first_context
+        later_count = self.num_frames - 1
+        self.context = self.context + ((1 - weight) * frame_context - later_share) / later_count
 
     def read(self, query: Tensor) -> Tensor:
         return distribute_context(query, self.context, self.softmax)
 
     def nbytes(self) -> int:
-        return self.context.nelement() * self.context.element_size()
+        kept = [self.context] if self.first_context is None else [self.context, self.first_context]
+        return sum(t.nelement() * t.element_size() for t in kept)
 
 
 class SpaceTimeMemory:

@@ -105,7 +105,13 @@ class VOSNetwork(nn.Module):
     # --- what the subclasses choose -------------------------------------------------------
 
     def new_memory(self, key: Tensor, value: Tensor) -> Memory:
+        """The memory a training clip reads (`forward`)."""
         raise NotImplementedError
+
+    def new_streaming_memory(self, key: Tensor, value: Tensor) -> Memory:
+        """The memory streaming inference reads (`models.segmenter`): the training clip's,
+        unless a network's inference rule differs (`gc`'s `first_frame_weight`)."""
+        return self.new_memory(key, value)
 
     def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
         """[B, K, H, W] foreground logits, valid [B, K] -> log-probabilities [B, K+1, H, W]."""
@@ -218,6 +224,20 @@ class GCNet(VOSNetwork):
 
     def new_memory(self, key: Tensor, value: Tensor) -> GlobalContextMemory:
         return GlobalContextMemory(key, value)
+
+    def new_streaming_memory(self, key: Tensor, value: Tensor) -> GlobalContextMemory:
+        return GlobalContextMemory(
+            key, value, first_frame_weight=self._config["first_frame_weight"]
+        )
+
+    def record_first_frame_weight(self, weight: float | None) -> GCNet:
+        """Set the inference memory rule (None: the paper's mean); checked as a config option."""
+        self._config = resolve_config(
+            self._config["name"],
+            self._config["size"],
+            {**self._config, "first_frame_weight": weight},
+        )
+        return self
 
     def merge(self, object_logits: Tensor, valid: Tensor) -> Tensor:
         return softmax_merge(object_logits, valid)

@@ -185,7 +185,7 @@ class VideoSegmenter:
             group.memory.write(keys[row : row + count], values[row : row + count])
             row += count
         if new_ids:
-            memory = self.net.new_memory(keys[row:], values[row:])
+            memory = self.net.new_streaming_memory(keys[row:], values[row:])
             self._groups.append(_ObjectGroup(list(new_ids), memory))
         if self.net.uses_previous_mask:
             self._previous_probs = object_probs

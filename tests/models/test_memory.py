@@ -123,3 +123,32 @@ def test_stm_memory_keeps_first_previous_and_every_nth_frame(every):
         assert held == expected_frames, f"after frame {t}"
         assert memory.num_frames == len(expected_frames)
         assert memory.nbytes() == bytes_per_frame * len(expected_frames)
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.3, 1.0])
+def test_gc_first_frame_weight_keeps_the_given_frames_share(weight):
+    """G_t = w C_0 + (1 - w) mean(C_1 .. C_t): frame 0 does not fade as 1/t."""
+    frames = random_frames(7, seed=3)
+    memory = GlobalContextMemory(*frames[0], first_frame_weight=weight)
+    contexts = [extract_context(key, value) for key, value in frames]
+    torch.testing.assert_close(memory.context.double(), contexts[0], rtol=1e-5, atol=1e-6)
+    for t in range(1, len(frames)):
+        memory.write(*frames[t])
+        later = torch.stack(contexts[1 : t + 1]).mean(dim=0)
+        expected = weight * contexts[0] + (1 - weight) * later
+        torch.testing.assert_close(memory.context.double(), expected, rtol=1e-5, atol=1e-6)
+    assert memory.nbytes() == 2 * N * C_N * C_M * 4  # G and C_0, whatever the length
+
+
+def test_gc_first_frame_weight_one_half_equals_the_paper_on_a_training_clip():
+    """On the two memory frames of a 3-frame training clip both rules give (C_0 + C_1) / 2."""
+    frames = random_frames(2, seed=4)
+    paper = GlobalContextMemory(*frames[0])
+    anchored = GlobalContextMemory(*frames[0], first_frame_weight=0.5)
+    paper.write(*frames[1])
+    anchored.write(*frames[1])
+    torch.testing.assert_close(anchored.context, paper.context)
+    anchored.write(*frames[0])
+    paper.write(*frames[0])
+    # A third frame (C_0 again): 3/4 C_0 + 1/4 C_1 against the paper's 2/3 C_0 + 1/3 C_1.
+    assert not torch.allclose(anchored.context, paper.context)

@@ -122,6 +122,10 @@ def test_bad_options_are_refused_with_a_clear_message():
         build_model("gc", size="tiny", memory_every=3)
     with pytest.raises(ValueError, match="key_channels must be a positive integer"):
         build_model("stm", size="tiny", key_channels=0)
+    with pytest.raises(ValueError, match=r"first_frame_weight must be a number in \(0, 1\]"):
+        build_model("gvos_scm", size="tiny", first_frame_weight=1.5)
+    with pytest.raises(ValueError, match="model 'stm' has no option first_frame_weight"):
+        build_model("stm", size="tiny", first_frame_weight=0.5)
 
 
 def clip_inputs() -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,40 @@ def test_gc_state_is_the_same_after_1_and_40_frames(tiny_nets, make_video):
     for t in range(1, 40):
         segmenter.step(frames[t % 2])
     assert segmenter.state_nbytes() == after_one
+
+
+def test_first_frame_weight_is_an_inference_rule_the_training_clip_does_not_read(
+    tiny_nets, make_video
+):
+    """With w = 1 the memory is frame 0's alone: the same frame gives the same prediction
+    however many frames came between; the paper's mean keeps learning. Training: unchanged."""
+    paper = tiny_nets["gc"]
+    first_only = copy.deepcopy(paper).record_first_frame_weight(1.0)
+    assert (
+        first_only.config["first_frame_weight"] == 1.0
+        and paper.config["first_frame_weight"] is None
+    )
+    frames, labels = make_video(length=3, height=24, width=32, num_objects=1, seed=5)
+
+    def probs_of_frame_1_seen_twice(net):
+        segmenter = VideoSegmenter(net)
+        segmenter.step(frames[0], labels=labels[0])
+        seen = [segmenter.step(frames[1]).probs, segmenter.step(frames[2]).probs]
+        return seen[0], segmenter.step(frames[1]).probs
+
+    once, again = probs_of_frame_1_seen_twice(first_only)
+    np.testing.assert_allclose(once, again, rtol=1e-5, atol=1e-6)
+    once, again = probs_of_frame_1_seen_twice(paper)
+    assert np.abs(once - again).max() > 1e-4
+
+    clip = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float() / 255
+    with torch.no_grad():
+        trained_on = [
+            net(clip, torch.from_numpy(labels[:1]), 1).logits for net in (paper, first_only)
+        ]
+    torch.testing.assert_close(*trained_on)
+    with pytest.raises(ValueError, match=r"first_frame_weight must be a number in \(0, 1\]"):
+        copy.deepcopy(paper).record_first_frame_weight(0)
 
 
 @pytest.mark.parametrize("name", ["stm", "gvos_scm"])
