@@ -34,26 +34,27 @@ _COMMON = {
     },
 }
 
+# GC memory rule of streaming inference: the first frame's share of the global context
+# (None: the paper's running mean over all frames; see models.memory.GlobalContextMemory).
+_GC_MEMORY = {"first_frame_weight": None}
+
 # Options only some models have.
 _SPECIFIC = {
-    # GC memory rule: the first frame's share of the global context (None: the paper's
-    # running mean over all frames; see models.memory.GlobalContextMemory).
-    "gc": {"tiny": {"first_frame_weight": None}, "full": {"first_frame_weight": None}},
+    "gc": {"tiny": _GC_MEMORY, "full": _GC_MEMORY},
     # STM memory rule: first frame + previous frame + every `memory_every`-th frame.
     "stm": {"tiny": {"memory_every": 5}, "full": {"memory_every": 5}},
     # GVOS-SCM: ASPP after context distribution, boundary-aware residual refinement; the
-    # GC memory rule as `gc`.
+    # GC memory.
     "gvos_scm": {
-        "tiny": {
-            "aspp_channels": 64, "aspp_rates": [2, 4, 6], "refine_channels": 16,
-            "first_frame_weight": None,
-        },
+        "tiny": {"aspp_channels": 64, "aspp_rates": [2, 4, 6], "refine_channels": 16, **_GC_MEMORY},
         "full": {
-            "aspp_channels": 256, "aspp_rates": [6, 12, 18], "refine_channels": 64,
-            "first_frame_weight": None,
+            "aspp_channels": 256,
+            "aspp_rates": [6, 12, 18],
+            "refine_channels": 64,
+            **_GC_MEMORY,
         },
     },
-}  # fmt: skip
+}
 
 # Options every model has that saved models may lack: (default of a new model, value that
 # rebuilds a model saved before the option existed).
