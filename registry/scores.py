@@ -112,7 +112,8 @@ def _open_run(
     client: MlflowClient, source: ModelSource, report: Report, dataset: DatasetInput
 ) -> str:
     """A RUNNING run nested under the model's training run (else in the configured
-    experiment), with the evaluation set (and the logged model) as its inputs."""
+    experiment). The caller enters `closed_on_exit` straight after, before any other call
+    to the server (`_log_inputs`), so a SIGTERM from then on marks it KILLED."""
     config = report.config
     tags = {
         "vos.stage": "evaluate",
@@ -129,10 +130,15 @@ def _open_run(
     if source.version:
         tags["vos.model_version"] = f"{source.name}/{source.version}"
     run_name = f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def _log_inputs(
+    client: MlflowClient, run_id: str, source: ModelSource, dataset: DatasetInput
+) -> None:
+    """The evaluation set (and the logged model) as the run's inputs."""
     models = [LoggedModelInput(source.model_id)] if source.model_id else None
     client.log_inputs(run_id, datasets=[dataset], models=models)
-    return run_id
 
 
 def _log_figures(
@@ -256,6 +262,7 @@ def _evaluate(config: EvaluateConfig, files: list[SequenceFiles]) -> dict[str, A
         dataset = evaluation_dataset(config, files, fingerprint)
         report.run_id = _open_run(client, source, report, dataset)
         with runs.closed_on_exit(client, report.run_id):
+            _log_inputs(client, report.run_id, source, dataset)
             _run_model(report, files, device, masks_url)
             log_to_mlflow(report, client, source, dataset, masks_url, files)
     data = report.as_dict()
