@@ -8,9 +8,9 @@ segments every sequence of a DAVIS-layout folder under each first-frame weight w
 global context (`first_frame_weight`: G_t = w C_0 + (1 - w) mean(C_1 .. C_t); `paper` is the
 GC paper's plain mean over all frames) and scores J&F with the DAVIS protocol, at the
 model's training size; with `--mask-checks` also `benchmarks/learning.py`'s two checks
-that the model follows the object it is given. Training never reads the rule, so no model is retrained. Choose w on
-a development split (`--data` pointed at held-out training sequences), never on the
-evaluation set. Prints a table and writes JSON.
+that the model follows the object it is given. Training never reads the rule, so no model
+is retrained. Choose w on a development split (`--data` pointed at held-out training
+sequences), never on the evaluation set. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
