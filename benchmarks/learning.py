@@ -49,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from rich.table import Table
 
 from core.cli import console
@@ -62,6 +63,7 @@ from registry import scores
 from tracking.model_store import load_model
 from training.config import FinetuneConfig, PretrainConfig
 from training.driver import TrainingResult, run_training
+from training.loop import bf16_runs_on
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VOS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -94,6 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.75,
         help="share of the first frame in the GC memory at inference (0: the paper's mean)",
     )
+    parser.add_argument(
+        "--key-coordinates",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the key/value heads also read each cell's (x, y) (model option key_coordinates)",
+    )
     parser.add_argument("--pretrain-steps", type=int, default=900)
     parser.add_argument("--finetune-steps", type=int, default=400)
     parser.add_argument(
@@ -101,6 +109,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup-steps", type=int, default=30, help="of each stage's cosine lr")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="fp32",
+        help="of training (auto: bf16 where this CPU has bf16 kernels, AVX-512 BF16 or AMX)",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "learning"))
     parser.add_argument("--json", default=None, help="output JSON path")
     args = parser.parse_args(argv)
@@ -113,6 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--first-frame-weight must be in [0, 1], got {args.first_frame_weight}")
     if missing:
         parser.error(f"{args.data} lacks {', '.join(missing)} (see ../shared/data/README.md)")
+    if args.precision == "auto":
+        args.precision = "bf16" if bf16_runs_on(torch.device("cpu")) else "fp32"
     return args
 
 
@@ -196,6 +215,8 @@ def train(
         f"run.storage_path={out / 'runs'}",
         f"compute.num_workers={args.workers}",
         "data.loader_workers=1",
+        f"compute.precision={args.precision}",
+        f"run.checkpoint_every_steps={args.checkpoint_every}",
         *tracking,
     ]
     schedule = ["train.lr_schedule=cosine", f"train.warmup_steps={args.warmup_steps}"]
@@ -212,6 +233,7 @@ def train(
                 f"data.manifests=[{','.join(pretrain_sets)}]",
                 f"data.weights=[{','.join(['1.0'] * len(pretrain_sets))}]",
                 *first_frame_weight(model, args),
+                f"model.options.key_coordinates={str(args.key_coordinates).lower()}",
                 "train.epochs=1000",
                 f"train.max_steps={args.pretrain_steps}",
                 f"train.lr={args.pretrain_lr}",

@@ -62,9 +62,13 @@ _SPECIFIC = {
 #                       (RGB + mask + others, 5 channels, as STM's released code and STCN)
 #   train_size          shorter side in px of the clips the model was trained on (None:
 #                       unknown); the streaming segmenter runs at this size by default
+#   key_coordinates     the key/value heads also read each res4 cell's (x, y) (off in the
+#                       papers; lets the position-free GC context hold where the object
+#                       was, see models.heads)
 _ADDED_LATER = {
     "other_objects_mask": (True, False),
     "train_size": (None, None),
+    "key_coordinates": (False, False),
 }
 
 
@@ -118,10 +122,9 @@ def _check(config: dict) -> None:
     rates = config.get("aspp_rates", [1])
     if not isinstance(rates, list | tuple) or not rates or not all(_positive_int(r) for r in rates):
         raise ValueError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
-    if not isinstance(config["other_objects_mask"], bool):
-        raise ValueError(
-            f"other_objects_mask must be true or false, got {config['other_objects_mask']!r}"
-        )
+    for key in ("other_objects_mask", "key_coordinates"):
+        if not isinstance(config[key], bool):
+            raise ValueError(f"{key} must be true or false, got {config[key]!r}")
     weight = config.get("first_frame_weight")
     if weight is not None and not (
         isinstance(weight, int | float) and not isinstance(weight, bool) and 0 < weight <= 1

@@ -3,7 +3,8 @@
 All three share the STM layout: a memory encoder (RGB + the object's mask + the union of
 the other objects' masks, as STM's released code and STCN; 4 channels without the others
 for models saved before `other_objects_mask`) and a query encoder (RGB), ResNet cut after
-res4, key/value heads, a memory read, and the STM decoder. They differ in the memory read
+res4, key/value heads (which also read each cell's (x, y) with `key_coordinates`), a memory
+read, and the STM decoder. They differ in the memory read
 and in what surrounds it:
 
     gc        GlobalContextMemory read; objects merged by a softmax over their logits
@@ -75,8 +76,13 @@ class VOSNetwork(nn.Module):
         )
         self.query_encoder = ResNetEncoder(config["backbone"], pretrained=pretrained_backbone)
         encoder = self.query_encoder
-        self.memory_head = KeyValueHead(encoder.res4_channels, key_channels, value_channels)
-        self.query_head = KeyValueHead(encoder.res4_channels, key_channels, value_channels)
+        coordinates = config["key_coordinates"]
+        self.memory_head = KeyValueHead(
+            encoder.res4_channels, key_channels, value_channels, coordinates
+        )
+        self.query_head = KeyValueHead(
+            encoder.res4_channels, key_channels, value_channels, coordinates
+        )
         self.decoder = Decoder(
             2 * value_channels,
             encoder.res3_channels,

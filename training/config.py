@@ -11,8 +11,10 @@ A training config has these sections (YAML; every key is checked, unknown keys a
     tracking   uri (None: MLFLOW_TRACKING_URI), experiment
 
 Fine-tuning adds `init` (where the weights come from) and `curriculum` (the frame-skip
-schedule). Rules that span sections (bf16 needs a GPU, one weight per manifest, ...) are
-checked here too, so a bad config fails in one line before Ray is touched.
+schedule). Rules that span sections (one weight per manifest, curricula that only grow, ...)
+are checked here too, so a bad config fails in one line before Ray is touched. What only a
+worker can know is checked when it starts (bf16 on a CPU needs AVX-512 BF16 or AMX:
+`training.loop.check_precision`).
 """
 
 from __future__ import annotations
@@ -188,17 +190,12 @@ class ComputeSection(StrictModel):
     resources_per_worker: dict[str, float] = Field(
         default_factory=dict, description="extra Ray resources per worker (e.g. accelerator labels)"
     )
+    # bf16 autocast: on GPUs, and on CPUs with AVX-512 BF16 / AMX (oneDNN), where it
+    # trains the tiny models about twice as fast (benchmarks/RESULTS.md, "Learning").
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
     find_unused_parameters: bool = False
-
-    @field_validator("precision")
-    @classmethod
-    def _bf16_needs_a_gpu(cls, value: str, info: ValidationInfo) -> str:
-        if value == "bf16" and not info.data.get("use_gpu"):
-            raise config_rule_error("bf16 needs compute.use_gpu = true")
-        return value
 
     def ray_resources(self) -> dict[str, float]:
         resources = {"CPU": self.cpus_per_worker, **self.resources_per_worker}

@@ -7,8 +7,8 @@ inside `model(frames, first_labels, num_objects)`); the loss is taken on frames 
 model's `loss`). Adam (fused) at a constant lr as both papers, or with a warm-up and a cosine
 decay (`train.lr_schedule`, for short runs from scratch; the lr of every step is a function
 of the step, so a resumed run continues its curve), gradient clipping, batch norm frozen (the
-model keeps it frozen in `train()`), bf16 autocast and channels_last on GPUs, `torch.compile`
-as an option.
+model keeps it frozen in `train()`), bf16 autocast (GPUs, and CPUs with AVX-512 BF16 or AMX:
+`check_precision`) and channels_last as options, `torch.compile` as an option.
 
 `train_loop_per_worker` reads as Ray Train's examples do: set up (restore or start, the
 network, DDP through `ray.train.torch.prepare_model`, the optimizer), then for each epoch, for
@@ -167,6 +167,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     worker = WorkerContext.current(loop_config)
     if worker.tracking_uri:  # for init.model_uri = models:/... or runs:/...
         mlflow.set_tracking_uri(worker.tracking_uri)
+    check_precision(config.compute.precision, worker.device)
+    use_allotted_cpus(config, worker.device)
     torch.manual_seed(config.data.seed)
 
     model, optimizer, state, checkpoints = restore_or_start(config, worker)
@@ -262,6 +264,34 @@ def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor
         batch["frames"].to(device, non_blocking=True),
         batch["labels"].to(device, non_blocking=True),
     )
+
+
+def bf16_runs_on(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast on `device`: any CUDA GPU, or a CPU whose oneDNN has
+    bf16 kernels (AVX-512 BF16 or AMX; elsewhere CPU bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def use_allotted_cpus(config: TrainConfig, device: torch.device) -> None:
+    """On a CPU worker, run torch's compute on as many threads as the worker's CPUs.
+
+    torch otherwise starts one thread per core of the machine in every worker (Ray does not
+    set OMP_NUM_THREADS for them): N workers on N cores then run N*N threads that fight for
+    the cores (figures: benchmarks/RESULTS.md, "Learning").
+    """
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(config.compute.cpus_per_worker)))
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse, in one line, a bf16 run on a device without bf16 kernels."""
+    if precision == "bf16" and not bf16_runs_on(device):
+        raise ValueError(
+            f"compute.precision = bf16: this worker's {device.type} has no bf16 kernels "
+            "(a CPU needs AVX-512 BF16 or AMX); use fp32 or a GPU"
+        )
 
 
 def train_step(

@@ -9,8 +9,9 @@ from models import MODEL_NAMES, SIZES, build_model
 from models.config import saved_config
 from models.networks import other_objects
 
-# The options every model had before `other_objects_mask` and `train_size` were added.
-ADDED_LATER = ("other_objects_mask", "train_size")
+# The options every model had before `other_objects_mask`, `train_size` and
+# `key_coordinates` were added.
+ADDED_LATER = ("other_objects_mask", "train_size", "key_coordinates")
 
 
 def old_style_config(net) -> dict:

@@ -12,7 +12,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import build_model
 from training.config import PretrainConfig, TrainSection
-from training.loop import check_batch, lr_at, make_optimizer, to_device, train_step
+from training.loop import (
+    bf16_runs_on,
+    check_batch,
+    check_precision,
+    lr_at,
+    make_optimizer,
+    to_device,
+    train_step,
+    use_allotted_cpus,
+)
 
 
 class DeviceReads(TorchDispatchMode):
@@ -77,6 +86,43 @@ def test_a_training_step_reads_nothing_back_from_the_device(name, make_tiny_conf
             )
     assert reads.reads == [], f"{len(reads.reads)} reads, the first from:\n{reads.reads[0]}"
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+
+
+def test_bf16_runs_where_the_device_has_kernels_and_is_refused_in_one_line_elsewhere(
+    make_tiny_config,
+):
+    config = make_tiny_config(PretrainConfig, "pretrain_tiny.yaml", "compute.precision=bf16")
+    with pytest.raises(ValueError, match=r"^compute.precision = bf16: this worker's meta has no"):
+        check_precision(config.compute.precision, torch.device("meta"))
+    check_precision("fp32", torch.device("meta"))  # fp32 runs anywhere
+    if not bf16_runs_on(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 kernels (AVX-512 BF16 or AMX)")
+    check_precision(config.compute.precision, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model("gc", size="tiny").train()
+    optimizer = make_optimizer(config, model)
+    frames, labels = to_device(clip_batch(), torch.device("cpu"))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(model, model, optimizer, frames, labels, 2, bf16=True, grad_clip_norm=1.0)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_a_cpu_worker_computes_on_as_many_threads_as_it_was_given_cpus(make_tiny_config):
+    threads = torch.get_num_threads()
+    try:
+        for cpus in (1, 2):
+            config = make_tiny_config(
+                PretrainConfig, "pretrain_tiny.yaml", f"compute.cpus_per_worker={cpus}"
+            )
+            use_allotted_cpus(config, torch.device("cpu"))
+            assert torch.get_num_threads() == cpus
+        torch.set_num_threads(3)
+        use_allotted_cpus(config, torch.device("meta"))  # not a CPU: left as it is
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
 
 
 def with_clip_1(name: str, change) -> dict:

@@ -84,8 +84,8 @@ def test_local_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
     ("overrides", "expected"),
     [
         (
-            ["compute.precision=bf16"],
-            "compute.precision = 'bf16': bf16 needs compute.use_gpu = true",
+            ["compute.precision=fp16"],
+            "compute.precision = 'fp16': Input should be 'fp32' or 'bf16'",
         ),
         (["data.weights=[1.0, 2.0]"], "data.weights = [1.0, 2.0]: 2 weights for 1 manifests"),
         (["data.weights=[-1.0]"], "data.weights = [-1.0]: every weight must be > 0"),
@@ -127,7 +127,7 @@ def test_the_command_rejects_a_bad_config_before_touching_ray():
             "pipelines/pretrain.py",
             "--config",
             "configs/pretrain_tiny.yaml",
-            "compute.precision=bf16",
+            "compute.precision=fp16",
             "cluster.address=127.0.0.1:1",
         ],
         cwd=REPO,
@@ -138,6 +138,6 @@ def test_the_command_rejects_a_bad_config_before_touching_ray():
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert lines == [
-        "config error (configs/pretrain_tiny.yaml): compute.precision = 'bf16': "
-        "bf16 needs compute.use_gpu = true"
+        "config error (configs/pretrain_tiny.yaml): compute.precision = 'fp16': "
+        "Input should be 'fp32' or 'bf16'"
     ]
