@@ -29,6 +29,11 @@ MLflow store under the work folder (or MLFLOW_TRACKING_URI):
    held-out look-alike videos at the training scale, object A's mask must give A and B's
    mask B; and on DAVIS, moving the first mask sideways must move the prediction.
 
+Training runs in fp32 by default; `--precision bf16` (or `auto`) trains under bf16
+autocast where the CPU has bf16 kernels (AVX-512 BF16 / AMX), and `--key-coordinates` gives
+the models' key/value heads each cell's position (`key_coordinates`): both are options not
+yet chosen on the development split (benchmarks/RESULTS.md).
+
 The recipe's choices were made on a development split of `davis2016-train` (24 sequences to
 train, 6 held out: bear, boat, car-turn, hike, motocross-bumps, rhino; `--data` pointed at a
 folder laid out like the shared one), never on the evaluation sequences.
