@@ -3,8 +3,8 @@
     python benchmarks/cpu_step.py                          # gc: fp32 and bf16, 1 and 2 threads
     python benchmarks/cpu_step.py --model gvos_scm --parallel 2
 
-One step of `training.loop.train_step` on a random batch of 3-frame clips (2 objects), in
-this process, with no data path and no Ray. `--parallel N` runs N such processes at once, as
+One step of `training.loop.train_step` on a random batch of 3-frame clips (2 objects), in a
+process of its own, with no data path and no Ray. `--parallel N` runs N such processes at once, as
 N Ray Train workers on N cores do: with 2 threads each on 2 cores they oversubscribe the
 cores (the reason `training.loop.use_allotted_cpus` exists). Prints a table and writes JSON.
 """

@@ -267,8 +267,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor
 
 
 def bf16_runs_on(device: torch.device) -> bool:
-    """Whether bf16 autocast is fast on `device`: any CUDA GPU, or a CPU whose oneDNN has
-    bf16 kernels (AVX-512 BF16 or AMX; elsewhere CPU bf16 is emulated and slower than fp32)."""
+    """Whether `device` has bf16 kernels for autocast: any CUDA GPU, or a CPU whose oneDNN
+    has them (AVX-512 BF16 or AMX)."""
     if device.type == "cuda":
         return True
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
